@@ -1,0 +1,215 @@
+"""The build pipeline: load, compose, kustomize, validate — all before any output.
+
+:func:`build` returns the manifest bytes only when every check passed; the CLI writes
+them to stdout afterwards, so on any error stdout stays empty and a pipe into
+``kubectl apply`` applies nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stackgen import tools, yamlio
+from stackgen.compose import compose
+from stackgen.config import (
+    DEFAULT_KUBERNETES_VERSION,
+    KUSTOMIZATION_FILES,
+    Stack,
+    display_path,
+    find_stack_file,
+    load_stack,
+)
+from stackgen.errors import BuildError, ConfigError, Problem
+from stackgen.policy import PolicyContext, literal_secret_problems
+from stackgen.validate import kubeconform_problems, policy_problems, raise_if, server_dry_run
+
+
+@dataclass
+class BuildOptions:
+    """How to build and what to check."""
+
+    kubernetes_version: str | None = None
+    validate: bool = True
+    server_dry_run: bool = False
+    ignore_missing_schemas: bool = False
+    environ: Mapping[str, str] | None = None
+
+
+@dataclass
+class BuildResult:
+    """A built, validated stack."""
+
+    overlay: Path
+    manifest: bytes
+    objects: list[dict[str, Any]]
+    stack: Stack | None
+    kubernetes_version: str
+    notices: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    kubeconform_summary: dict[str, int] = field(default_factory=dict)
+
+
+def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) -> BuildResult:
+    """Build and validate one overlay (with ``stack.yaml``, or plain kustomize).
+
+    Raises:
+        ConfigError: the overlay or its config is invalid.
+        BuildError: kustomize failed.
+        ValidationError: kubeconform, a policy or the server dry-run rejected the stack.
+        ToolError: a required tool is missing.
+
+    """
+    options = options or BuildOptions()
+    overlay_path = Path(overlay)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    stack_file = find_stack_file(overlay_path)
+    notices: list[str] = []
+    stack: Stack | None = None
+    workdir = Path(tempfile.mkdtemp(prefix="stackgen-"))
+    try:
+        if stack_file is not None:
+            stack = load_stack(overlay_path, environ=options.environ)
+            timings["load"] = time.perf_counter() - started
+            raise_config(_source_secret_problems(_user_sources(stack)))
+            composed = compose(stack, workdir / "tree", environ=options.environ)
+            notices += composed.notices
+            build_root = composed.root
+            file = stack.file
+            version = options.kubernetes_version or stack.kubernetes_version
+            ctx = PolicyContext(
+                file=file,
+                dind_allowed=stack.uses_dind,
+                insecure_tls_allowed=stack.metrics_adapter.tls.insecure_skip_tls_verify,
+            )
+        else:
+            kfile = next(
+                overlay_path / n for n in KUSTOMIZATION_FILES if (overlay_path / n).is_file()
+            )
+            raise_config(_source_secret_problems(_kustomize_files(overlay_path, first=kfile)))
+            build_root = overlay_path
+            file = display_path(kfile)
+            version = options.kubernetes_version or DEFAULT_KUBERNETES_VERSION
+            ctx = PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True)
+        timings["compose"] = time.perf_counter() - started - sum(timings.values())
+
+        manifest = run_kustomize(build_root, file, stack_overlay=stack.overlay if stack else None)
+        timings["kustomize"] = time.perf_counter() - started - sum(timings.values())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    try:
+        objects = yamlio.load_fast_all(manifest)
+    except yaml.YAMLError as exc:  # kustomize output is always YAML; this is a bug
+        raise BuildError(Problem(file, "", f"kustomize printed unreadable YAML: {exc}")) from exc
+    result = BuildResult(
+        overlay=overlay_path,
+        manifest=manifest,
+        objects=objects,
+        stack=stack,
+        kubernetes_version=version,
+        notices=notices,
+        timings=timings,
+    )
+    if options.validate:
+        problems, summary = kubeconform_problems(
+            manifest, version, file, ignore_missing_schemas=options.ignore_missing_schemas
+        )
+        result.kubeconform_summary = summary
+        timings["kubeconform"] = time.perf_counter() - started - sum(timings.values())
+        problems += policy_problems(objects, ctx)
+        timings["policy"] = time.perf_counter() - started - sum(timings.values())
+        raise_if(problems)
+    if options.server_dry_run:
+        problems, dry_notices = server_dry_run(objects, file)
+        result.notices += dry_notices
+        timings["server_dry_run"] = time.perf_counter() - started - sum(timings.values())
+        raise_if(problems)
+    return result
+
+
+def raise_config(problems: list[Problem]) -> None:
+    """Raise ConfigError for source-level problems."""
+    if problems:
+        raise ConfigError(problems)
+
+
+def run_kustomize(root: Path, file: str, *, stack_overlay: Path | None = None) -> bytes:
+    """``kustomize build`` one folder; failures become one-line BuildErrors."""
+    tool = tools.kustomize()
+    if tool.notice:
+        from stackgen.output import notice
+
+        notice(tool.notice)
+    proc = tools.run(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace")
+        raise BuildError(_kustomize_problems(text, root, file, stack_overlay))
+    return proc.stdout
+
+
+def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) -> list[Problem]:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
+    errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
+    problems = []
+    for line in errors:
+        # Map temp-tree paths back to the user's overlay so the message names real files.
+        if overlay is not None:
+            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
+        line = line.replace(str(root) + "/", "").replace(str(root), ".")
+        problems.append(Problem(file, "", f"kustomize: {line}"))
+    return problems or [Problem(file, "", "kustomize failed without a message")]
+
+
+# ------------------------------------------------------------- literal-secret sources
+
+
+def _user_sources(stack: Stack) -> list[Path]:
+    """The user's own kustomize files that go into a stack."""
+    paths: list[Path] = []
+    for rel in [*stack.kustomize.resources, *stack.kustomize.components]:
+        path = stack.overlay / rel
+        paths += _kustomize_files(path)
+    for patch in stack.kustomize.patches:
+        if "path" in patch:
+            paths.append(stack.overlay / patch["path"])
+    return paths
+
+
+def _kustomize_files(path: Path, first: Path | None = None) -> list[Path]:
+    """A resource file, or a kustomization folder's files (recursively, inside it)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    out = [first] if first else []
+    for candidate in sorted(path.rglob("*")):
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file() and candidate != first:
+            out.append(candidate)
+    return out
+
+
+def _source_secret_problems(paths: list[Path]) -> list[Problem]:
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            docs = list(yamlio.load_all(path.read_bytes()))
+        except (OSError, yaml.YAMLError):
+            continue  # kustomize reports unreadable files with its own words
+        if path.name == "stack.yaml":
+            continue
+        problems += literal_secret_problems(path, docs, display_path(path))
+    return problems
+
+
+__all__ = ["BuildOptions", "BuildResult", "build"]

@@ -1,0 +1,100 @@
+"""Serving certificates for the metrics adapter, so the APIService can verify it.
+
+``stackgen init`` makes a private CA and a certificate for the adapter's Service name.
+The CA's key is thrown away right after signing: to rotate, generate both again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SERVICE = "stackgen-metrics-adapter"
+
+
+def service_names(namespace: str) -> list[str]:
+    """DNS names the adapter answers to inside the cluster."""
+    return [
+        SERVICE,
+        f"{SERVICE}.{namespace}",
+        f"{SERVICE}.{namespace}.svc",
+        f"{SERVICE}.{namespace}.svc.cluster.local",
+    ]
+
+
+def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> dict[str, Path]:
+    """Write ca.crt, tls.crt and tls.key (mode 0600) into ``dest``; return their paths."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    not_before = now - dt.timedelta(minutes=5)
+    not_after = now + dt.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"stackgen metrics adapter CA ({namespace})")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = service_names(namespace)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[2])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": dest / "ca.crt", "cert": dest / "tls.crt", "key": dest / "tls.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths["key"].chmod(0o600)
+    return paths

@@ -1,0 +1,58 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_VERSION_HELP = "Kubernetes version to validate against (default: stack.yaml's, else 1.33.0)."
+
+
+def kubernetes_version(func: F) -> F:
+    """``--kubernetes-version X.Y.Z``."""
+    return click.option(
+        "--kubernetes-version",
+        metavar="X.Y.Z",
+        default=None,
+        help=_VERSION_HELP,
+        callback=_check_version,
+    )(func)
+
+
+def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.removeprefix("v")
+    parts = value.split(".")
+    if len(parts) == 2:
+        parts.append("0")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise click.BadParameter("must look like 1.33.0", ctx=ctx, param=param)
+    return ".".join(parts)
+
+
+def server_dry_run(func: F) -> F:
+    """``--server-dry-run``."""
+    return click.option(
+        "--server-dry-run",
+        is_flag=True,
+        help="Also `kubectl apply --dry-run=server` against the current kube context.",
+    )(func)
+
+
+def ignore_missing_schemas(func: F) -> F:
+    """``--ignore-missing-schemas``."""
+    return click.option(
+        "--ignore-missing-schemas",
+        is_flag=True,
+        help="Let kubeconform skip kinds it has no schema for (your CRDs).",
+    )(func)
+
+
+overlay_argument = click.argument(
+    "overlay", type=click.Path(file_okay=True, dir_okay=True, path_type=str)
+)

@@ -1,0 +1,105 @@
+"""``stackgen validate``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from stackgen.cli import options as opts
+from stackgen.errors import StackgenError, ToolError
+from stackgen.output import err, notice, out
+from stackgen.status import ExitStatus
+
+
+@click.command("validate")
+@click.argument("overlays", nargs=-1, required=True, type=click.Path(path_type=str))
+@opts.kubernetes_version
+@opts.server_dry_run
+@opts.ignore_missing_schemas
+@click.option(
+    "--output",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Report format on stdout.",
+)
+@click.pass_context
+def command(
+    ctx: click.Context,
+    overlays: tuple[str, ...],
+    kubernetes_version: str | None,
+    server_dry_run: bool,
+    ignore_missing_schemas: bool,
+    output_format: str,
+) -> None:
+    """Check every OVERLAY: config schema, kustomize, kubeconform, policy.
+
+    Prints one line per overlay and a summary; problems go to stderr, one per line.
+    Exits 0 only when every overlay is valid.
+
+    \b
+    Examples:
+      stackgen validate overlays/*
+      stackgen validate overlays/* --output json
+      stackgen validate overlays/prod --server-dry-run
+    """
+    from stackgen.build import BuildOptions, build
+
+    debug = bool((ctx.obj or {}).get("debug"))
+    reports: list[dict[str, Any]] = []
+    tooling_failed = False
+    for overlay in overlays:
+        report: dict[str, Any] = {"overlay": overlay, "valid": False, "problems": [], "notices": []}
+        try:
+            result = build(
+                overlay,
+                BuildOptions(
+                    kubernetes_version=kubernetes_version,
+                    server_dry_run=server_dry_run,
+                    ignore_missing_schemas=ignore_missing_schemas,
+                ),
+            )
+        except StackgenError as exc:
+            if debug:
+                raise
+            tooling_failed |= isinstance(exc, ToolError)
+            report["problems"] = [
+                {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
+            ]
+            if output_format == "text":
+                for problem in exc.problems:
+                    err(str(problem))
+                count = len(exc.problems)
+                out(f"FAIL {overlay} ({count} problem{'s' if count != 1 else ''})", nl=True)
+        else:
+            report.update(
+                valid=True,
+                objects=len(result.objects),
+                kubernetesVersion=result.kubernetes_version,
+                kubeconform=result.kubeconform_summary,
+                notices=result.notices,
+                timings={k: round(v, 4) for k, v in result.timings.items()},
+            )
+            if output_format == "text":
+                for message in result.notices:
+                    notice(f"{overlay}: {message}")
+                out(
+                    f"ok   {overlay} ({len(result.objects)} objects, Kubernetes "
+                    f"{result.kubernetes_version}{', server dry-run' if server_dry_run else ''})",
+                    nl=True,
+                )
+        reports.append(report)
+    valid = sum(1 for r in reports if r["valid"])
+    invalid = len(reports) - valid
+    if output_format == "json":
+        out(
+            json.dumps({"overlays": reports, "valid": valid, "invalid": invalid}, indent=2), nl=True
+        )
+    else:
+        noun = "overlay" if len(reports) == 1 else "overlays"
+        out(f"{len(reports)} {noun}: {valid} valid, {invalid} invalid", nl=True)
+    if invalid:
+        ctx.exit(int(ExitStatus.TOOLING if tooling_failed else ExitStatus.INVALID))

@@ -1,0 +1,180 @@
+"""Turn JSON-schema errors into one-line problems a person can act on.
+
+jsonschema's own messages echo the offending value (``'abc' is not of type
+'integer'``).  A misplaced token would then end up on stderr, so these messages
+never include a value from the input; they name the field and say what it must be.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError as SchemaError
+
+from stackgen.errors import Problem
+
+_JSON_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+# Friendly words for the patterns stackgen's schemas use.
+_PATTERN_WORDS = {
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "a DNS label: lower-case letters, digits and '-'",
+    "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$": "a DNS name: lower-case letters, digits, '-' and '.'",
+    "^[^/]": "a path relative to the overlay folder",
+    "^/": "an absolute path",
+    "^[^\\s]+$": "a single word without spaces",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "an environment variable name",
+    "^[A-Za-z0-9][A-Za-z0-9_.-]*$": "a queue key: letters, digits, '_', '.' and '-'",
+    "^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' and '-'",
+    "^[^,]*$": "text without commas",
+    "^https?://[^\\s]+$": "an http(s) URL",
+    "^(https://|ssh://|git@)[^\\s]+$": "a repository URL (https://, ssh:// or git@)",
+    "^[-._a-zA-Z0-9]+$": "a Secret key: letters, digits, '-', '_' and '.'",
+}
+
+
+def format_path(parts: Iterable[Any]) -> str:
+    """Render a JSON path as ``queues[1].hpa.scaleUp``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` when a close candidate exists, else ``""``."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _describe_type(instance: Any) -> str:
+    for json_type, words in _JSON_TYPES.items():
+        if json_type == "integer" and isinstance(instance, bool):
+            continue
+        if jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(instance, json_type):
+            if json_type == "integer":
+                return "an integer"
+            return words
+    return "something else"
+
+
+def _expected_types(value: str | Sequence[str]) -> str:
+    types = [value] if isinstance(value, str) else list(value)
+    return " or ".join(_JSON_TYPES.get(t, t) for t in types)
+
+
+def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
+    path = list(error.absolute_path)
+    where = format_path(path)
+    validator = error.validator
+    value = error.validator_value
+    schema = error.schema if isinstance(error.schema, dict) else {}
+
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in known)
+        for key in extra:
+            hint = did_you_mean(str(key), known)
+            if known:
+                yield Problem(file, format_path([*path, key]), f"unknown key{hint}")
+            else:
+                yield Problem(file, format_path([*path, key]), "unknown key")
+        return
+    if validator == "required":
+        missing = [k for k in value if isinstance(error.instance, dict) and k not in error.instance]
+        for key in missing:
+            yield Problem(file, format_path([*path, key]), "is required")
+        return
+    schema_path = list(error.schema_path)
+    if len(schema_path) >= 2 and schema_path[-2] == "propertyNames":
+        # A bad key: jsonschema validates the key itself as the instance.
+        name = str(error.instance)
+        if validator == "enum" and isinstance(value, list):
+            choices = [str(v) for v in value]
+            hint = did_you_mean(name, choices)
+            message = hint[2:] if hint else f"not one of: {', '.join(choices)}"
+        else:
+            words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
+            message = f"bad key name: must be {words}"
+        yield Problem(file, format_path([*path, name]), message)
+        return
+    if validator == "enum" and isinstance(value, list):
+        hint = ""
+        if isinstance(error.instance, str):
+            hint = did_you_mean(error.instance, [str(v) for v in value])
+        choices = ", ".join(str(v) for v in value)
+        yield Problem(file, where, f"must be one of: {choices}{hint}")
+        return
+    if validator == "const":
+        yield Problem(file, where, f"must be {value!r}")
+        return
+    if validator == "type":
+        yield Problem(
+            file,
+            where,
+            f"must be {_expected_types(value)}, not {_describe_type(error.instance)}",
+        )
+        return
+    if validator == "pattern":
+        words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
+        yield Problem(file, where, f"must be {words}")
+        return
+    if validator in {"minProperties", "maxProperties"} and "properties" in schema:
+        choices = ", ".join(schema["properties"])
+        yield Problem(file, where, f"must set exactly one of: {choices}")
+        return
+    if validator == "minimum":
+        yield Problem(file, where, f"must be at least {value}")
+        return
+    if validator == "maximum":
+        yield Problem(file, where, f"must be at most {value}")
+        return
+    if validator == "minItems":
+        yield Problem(file, where, f"must have at least {value} item{'s' if value != 1 else ''}")
+        return
+    if validator == "minLength":
+        yield Problem(
+            file,
+            where,
+            "must not be empty" if value == 1 else f"must be at least {value} characters",
+        )
+        return
+    if validator == "maxLength":
+        yield Problem(file, where, f"must be at most {value} characters")
+        return
+    # Anything else: jsonschema's wording without the instance value.
+    yield Problem(file, where, f"does not satisfy {validator}: {value}")
+
+
+def schema_problems(instance: Any, schema: dict[str, Any], file: str) -> list[Problem]:
+    """Validate ``instance`` against ``schema``; return sorted, de-duplicated problems."""
+    validator = jsonschema.Draft202012Validator(schema)
+    seen: set[Problem] = set()
+    problems: list[Problem] = []
+    for error in validator.iter_errors(instance):
+        for problem in _problems_for(error, file):
+            if problem not in seen:
+                seen.add(problem)
+                problems.append(problem)
+    return sorted(problems, key=lambda p: _path_key(p.path))
+
+
+def _path_key(path: str) -> tuple[str, ...]:
+    # Sort queues[2] before queues[10].
+    return tuple(
+        part.zfill(6) if part.isdigit() else part
+        for part in path.replace("[", ".").replace("]", "").split(".")
+    )

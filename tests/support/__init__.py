@@ -1,0 +1,1 @@
+"""Test support shared by unit tests, e2e tests and benchmarks (fakes and helpers)."""
