@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 import uuid as uuidlib
@@ -1472,6 +1473,12 @@ class _Server(ThreadingHTTPServer):
             else:
                 self._connections.discard(conn)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore clients that hang up; report anything else as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Unblock handler threads parked on idle keep-alive connections."""
         with self._connections_lock:
@@ -1507,7 +1514,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         headers = {name.lower(): value for name, value in self.headers.items()}
         request = _Request(self.command, raw_path, query, headers, body)
-        resp = self.server.fake._serve(request)
+        try:
+            resp = self.server.fake._serve(request)
+        except Exception as err:  # a bug in the fake: answer visibly, never just hang up
+            traceback.print_exc()
+            resp = _json_response(500, {"message": f"fake Buildkite crashed: {err!r}"})
         self.send_response(resp.status)
         for name, value in resp.headers.items():
             self.send_header(name, value)
