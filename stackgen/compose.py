@@ -108,20 +108,29 @@ def _secret_value(source: SecretSource, environ: Mapping[str, str]) -> str | Non
     return None
 
 
-def _token_ref_patch(kind: str, secret_name: str, key: str) -> str:
-    """JSON patch pointing every token consumer at an existing Secret.
+#: Every workload that reads the agent token: (kind, label selector, container).
+_TOKEN_CONSUMERS = (
+    ("Deployment", "app.kubernetes.io/component=agent", "agent"),
+    ("CronJob", "app.kubernetes.io/component=agent", "agent"),
+    ("Deployment", "app.kubernetes.io/name=stackgen-dispatcher", "dispatcher"),
+    ("Deployment", "app.kubernetes.io/name=stackgen-metrics-adapter", "metrics-adapter"),
+)
 
-    Every consumer in bases/ has BUILDKITE_AGENT_TOKEN as env[0] of container[0]; the
-    ``test`` op makes kustomize fail loudly if that ever stops being true.
-    """
-    prefix = "/spec/jobTemplate/spec/template" if kind == "CronJob" else "/spec/template"
-    env0 = f"{prefix}/spec/containers/0/env/0"
-    ops = [
-        {"op": "test", "path": f"{env0}/name", "value": "BUILDKITE_AGENT_TOKEN"},
-        {"op": "replace", "path": f"{env0}/valueFrom/secretKeyRef/name", "value": secret_name},
-        {"op": "replace", "path": f"{env0}/valueFrom/secretKeyRef/key", "value": key},
-    ]
-    return yamlio.dump(ops)
+
+def _token_ref_patch(kind: str, container: str, secret_name: str, key: str) -> dict[str, Any]:
+    """Strategic-merge patch pointing one token consumer at an existing Secret."""
+    env = {
+        "name": "BUILDKITE_AGENT_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}},
+    }
+    pod: dict[str, Any] = {"spec": {"containers": [{"name": container, "env": [env]}]}}
+    if kind == "CronJob":
+        spec: dict[str, Any] = {"jobTemplate": {"spec": {"template": pod}}}
+        api = "batch/v1"
+    else:
+        spec = {"template": pod}
+        api = "apps/v1"
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": "any"}, "spec": spec}
 
 
 def _pod_spec_patch(stack: Stack, queue: Queue) -> dict[str, Any]:
@@ -366,18 +375,12 @@ def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = Non
         _write(dest / _SECRET_DIR / "agent-token", value, mode=0o600)
         token_file = "secrets/agent-token"
     else:
-        for kind in ("Deployment", "CronJob"):
-            name = f"patches/agent-token-{kind.lower()}.yaml"
-            _write(
-                stack_dir / name,
-                _token_ref_patch(kind, token.existing_secret.name, token.existing_secret.key),
-            )
-            patches.append(
-                {
-                    "path": name,
-                    "target": {"kind": kind, "labelSelector": "stackgen.io/agent-token=consumer"},
-                }
-            )
+        existing = token.existing_secret
+        for kind, selector, container in _TOKEN_CONSUMERS:
+            name = f"patches/agent-token-{container}-{kind.lower()}.yaml"
+            patch = _token_ref_patch(kind, container, existing.name, existing.key)
+            _write(stack_dir / name, yamlio.dump(patch))
+            patches.append({"path": name, "target": {"kind": kind, "labelSelector": selector}})
     webhook_token_file = None
     webhook = stack.dispatcher.webhook
     if stack.dispatched_queues and webhook.enabled and webhook.token is not None:

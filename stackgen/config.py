@@ -418,7 +418,7 @@ def find_stack_file(overlay: Path) -> Path | None:
     if not os.access(overlay, os.R_OK | os.X_OK):
         raise ConfigError(Problem(shown, "", "cannot read overlay folder: permission denied"))
     stack_file = overlay / STACK_FILE
-    if stack_file.exists():
+    if stack_file.exists() or stack_file.is_symlink():
         return stack_file
     if any((overlay / name).is_file() for name in KUSTOMIZATION_FILES):
         return None

@@ -36,11 +36,11 @@ class Tool:
 
 
 def tool_dirs() -> list[Path]:
-    """Folders searched before PATH."""
-    dirs = []
+    """Folders searched before PATH: ``$STACKGEN_TOOLS_DIR/bin`` if set, else ``.tools/bin``."""
     env = os.environ.get("STACKGEN_TOOLS_DIR")
     if env:
-        dirs.append(Path(env) / "bin")
+        return [Path(env) / "bin"]
+    dirs = []
     root = repo_root()
     if root is not None:
         dirs.append(root / ".tools" / "bin")

@@ -1,0 +1,5 @@
+"""``python -m stackgen``."""
+
+from stackgen.cli import main
+
+main()
