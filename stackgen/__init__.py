@@ -42,15 +42,14 @@ _LAZY = {
     "StackgenError": "stackgen.errors",
     "ToolError": "stackgen.errors",
     "ValidationError": "stackgen.errors",
-    "BuildOptions": "stackgen.build",
-    "BuildResult": "stackgen.build",
-    "build": "stackgen.build",
+    "BuildOptions": "stackgen.pipeline",
+    "BuildResult": "stackgen.pipeline",
+    "build": "stackgen.pipeline",
     "Stack": "stackgen.config",
     "load_stack": "stackgen.config",
 }
 
 if TYPE_CHECKING:
-    from stackgen.build import BuildOptions, BuildResult, build
     from stackgen.config import Stack, load_stack
     from stackgen.errors import (
         BuildError,
@@ -60,11 +59,12 @@ if TYPE_CHECKING:
         ToolError,
         ValidationError,
     )
+    from stackgen.pipeline import BuildOptions, BuildResult, build
 
 
 def validate(overlay: str, *, kubernetes_version: str | None = None) -> BuildResult:
     """Build and fully validate an overlay; raise StackgenError on any problem."""
-    from stackgen.build import BuildOptions, build
+    from stackgen.pipeline import BuildOptions, build
 
     return build(overlay, BuildOptions(kubernetes_version=kubernetes_version, validate=True))
 

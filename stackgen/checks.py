@@ -423,7 +423,7 @@ def _certificate_problems(stack: Stack) -> Iterator[Problem]:
         yield Problem(file, "metricsAdapter.tls.certFile", "is not a PEM certificate")
         return
     try:
-        key = serialization.load_pem_private_key(blobs["keyFile"], password=None)
+        private_key = serialization.load_pem_private_key(blobs["keyFile"], password=None)
     except (ValueError, TypeError):
         yield Problem(file, "metricsAdapter.tls.keyFile", "is not an unencrypted PEM private key")
         return
@@ -431,7 +431,7 @@ def _certificate_problems(stack: Stack) -> Iterator[Problem]:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     if (
-        key.public_key().public_bytes(
+        private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         != pub

@@ -68,7 +68,7 @@ class _Inliner:
     def expand_file(self, schema: dict[str, Any]) -> dict[str, Any]:
         self.local: dict[str, Any] = {}
         self.pending: list[str] = []
-        out = self._walk(schema, ())
+        out: dict[str, Any] = self._walk(schema, ())
         # Definitions referenced recursively are emitted once, inside the file.
         while self.pending:
             name = self.pending.pop()

@@ -7,6 +7,7 @@ makes the rule "stdout carries only the stack" easy to audit.
 from __future__ import annotations
 
 import sys
+from typing import BinaryIO
 
 import click
 
@@ -14,10 +15,8 @@ import click
 def out(text: str | bytes, *, nl: bool = False) -> None:
     """Write payload (a rendered stack, JSON) to stdout."""
     if isinstance(text, bytes):
-        stream = click.get_binary_stream("stdout")
-        stream.write(text)
-        if nl:
-            stream.write(b"\n")
+        stream: BinaryIO = sys.stdout.buffer
+        stream.write(text + (b"\n" if nl else b""))
         stream.flush()
         return
     click.echo(text, nl=nl)
@@ -31,8 +30,3 @@ def err(message: str) -> None:
 def notice(message: str) -> None:
     """Write a non-fatal notice (prefixed, stderr) that does not change the result."""
     click.echo(f"stackgen: {message}", err=True)
-
-
-def is_tty() -> bool:
-    """Tell whether stderr is an interactive terminal."""
-    return sys.stderr.isatty()

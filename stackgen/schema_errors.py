@@ -80,7 +80,7 @@ def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
     path = list(error.absolute_path)
     where = format_path(path)
     validator = error.validator
-    value = error.validator_value
+    value: Any = error.validator_value
     schema = error.schema if isinstance(error.schema, dict) else {}
 
     if validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -115,8 +115,7 @@ def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
         hint = ""
         if isinstance(error.instance, str):
             hint = did_you_mean(error.instance, [str(v) for v in value])
-        choices = ", ".join(str(v) for v in value)
-        yield Problem(file, where, f"must be one of: {choices}{hint}")
+        yield Problem(file, where, f"must be one of: {', '.join(str(v) for v in value)}{hint}")
         return
     if validator == "const":
         yield Problem(file, where, f"must be {value!r}")
@@ -133,8 +132,7 @@ def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
         yield Problem(file, where, f"must be {words}")
         return
     if validator in {"minProperties", "maxProperties"} and "properties" in schema:
-        choices = ", ".join(schema["properties"])
-        yield Problem(file, where, f"must set exactly one of: {choices}")
+        yield Problem(file, where, f"must set exactly one of: {', '.join(schema['properties'])}")
         return
     if validator == "minimum":
         yield Problem(file, where, f"must be at least {value}")

@@ -84,8 +84,8 @@ def kustomize() -> Tool:
                 f"kustomize at {path} reports version {text!r}; stackgen needs v5 or newer: "
                 f"{KUSTOMIZE_INSTALL}"
             )
-        version = re.search(r"v?\d+\.\d+\.\d+", text)
-        return Tool("kustomize", (str(path), "build"), version.group(0) if version else text)
+        found = re.search(r"v?\d+\.\d+\.\d+", text)
+        return Tool("kustomize", (str(path), "build"), found.group(0) if found else text)
     kubectl_path = which("kubectl")
     if kubectl_path is not None:
         text = _run_version([str(kubectl_path), "version", "--client", "-o", "json"])

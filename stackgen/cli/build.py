@@ -38,7 +38,7 @@ def command(
       stackgen build overlays/example | kubectl apply -f -
       stackgen build overlays/example --server-dry-run > stack.yaml
     """
-    from stackgen.build import BuildOptions, build
+    from stackgen.pipeline import BuildOptions, build
 
     result = build(
         overlay,

@@ -42,9 +42,9 @@ def command(overlay: str, out_dir: Path, force: bool, validate: bool) -> None:
       stackgen render overlays/example --out rendered/example
       kustomize build rendered/example | kubectl apply -f -
     """
-    from stackgen.build import BuildOptions, build
     from stackgen.compose import compose
     from stackgen.config import display_path, load_stack
+    from stackgen.pipeline import BuildOptions, build
 
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ConfigError(

@@ -46,7 +46,7 @@ def command(
       stackgen validate overlays/* --output json
       stackgen validate overlays/prod --server-dry-run
     """
-    from stackgen.build import BuildOptions, build
+    from stackgen.pipeline import BuildOptions, build
 
     debug = bool((ctx.obj or {}).get("debug"))
     reports: list[dict[str, Any]] = []

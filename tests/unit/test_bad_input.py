@@ -15,6 +15,7 @@ import pytest
 from tests.unit.conftest import Run, write
 
 TOKEN = "tok-123-abc"  # the minimal overlay's token: must never appear on stderr
+GITHUB_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
 def assert_rejected(run: Run, *expected: str, code: int = 1) -> None:
@@ -41,7 +42,9 @@ def test_missing_overlay(stackgen: Callable[..., Run], tmp_path: Path) -> None:
     assert_rejected(run, "nope: no such overlay folder")
 
 
-def test_overlay_without_stack_or_kustomization(stackgen: Callable[..., Run], tmp_path: Path) -> None:
+def test_overlay_without_stack_or_kustomization(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
     (tmp_path / "empty").mkdir()
     run = stackgen("build", str(tmp_path / "empty"))
     assert_rejected(run, "holds neither stack.yaml nor kustomization.yaml")
@@ -108,7 +111,9 @@ def test_duplicate_queue(stackgen: Callable[..., Run], minimal: Path) -> None:
     assert_rejected(stackgen("build", str(minimal)), "queues[1].name: duplicate queue 'default'")
 
 
-def test_queues_mapping_to_same_kubernetes_name(stackgen: Callable[..., Run], minimal: Path) -> None:
+def test_queues_mapping_to_same_kubernetes_name(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
     set_stack(
         minimal,
         "  - name: default\n    mode: dispatch\n",
@@ -118,7 +123,9 @@ def test_queues_mapping_to_same_kubernetes_name(stackgen: Callable[..., Run], mi
 
 
 def test_min_greater_than_max(stackgen: Callable[..., Run], minimal: Path) -> None:
-    set_stack(minimal, "    mode: dispatch\n", "    mode: dispatch\n    minAgents: 5\n    maxAgents: 2\n")
+    set_stack(
+        minimal, "    mode: dispatch\n", "    mode: dispatch\n    minAgents: 5\n    maxAgents: 2\n"
+    )
     assert_rejected(
         stackgen("build", str(minimal)),
         "queues[0].minAgents: minAgents (5) is greater than maxAgents (2)",
@@ -127,9 +134,7 @@ def test_min_greater_than_max(stackgen: Callable[..., Run], minimal: Path) -> No
 
 def test_missing_token_file(stackgen: Callable[..., Run], minimal: Path) -> None:
     (minimal / "secrets" / "token").unlink()
-    assert_rejected(
-        stackgen("build", str(minimal)), "secrets.agentToken.file: file not found: "
-    )
+    assert_rejected(stackgen("build", str(minimal)), "secrets.agentToken.file: file not found: ")
 
 
 def test_empty_token(stackgen: Callable[..., Run], minimal: Path) -> None:
@@ -174,7 +179,9 @@ def test_literal_token_in_user_kustomization(stackgen: Callable[..., Run], minim
     )
 
 
-def test_literal_secret_manifest_in_plain_overlay(stackgen: Callable[..., Run], tmp_path: Path) -> None:
+def test_literal_secret_manifest_in_plain_overlay(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
     overlay = tmp_path / "plain"
     write(overlay / "kustomization.yaml", "resources: [secret.yaml]\n")
     write(
@@ -194,10 +201,7 @@ def test_literal_secret_manifest_in_plain_overlay(stackgen: Callable[..., Run], 
 
 def _with_ssh(overlay: Path, key_text: str) -> None:
     write(overlay / "secrets" / "id", key_text, mode=0o600)
-    write(
-        overlay / "secrets" / "known_hosts",
-        "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
-    )
+    write(overlay / "secrets" / "known_hosts", f"github.com {GITHUB_KEY}\n")
     set_stack(
         overlay,
         "    file: secrets/token\n",
@@ -219,7 +223,7 @@ def test_malformed_ssh_key(stackgen: Callable[..., Run], minimal: Path) -> None:
 def test_public_key_as_private_key(stackgen: Callable[..., Run], minimal: Path) -> None:
     _with_ssh(
         minimal,
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@host\n",
+        f"{GITHUB_KEY} me@host\n",
     )
     assert_rejected(
         stackgen("build", str(minimal)),
@@ -251,8 +255,7 @@ def test_bad_known_hosts(stackgen: Callable[..., Run], example: Path) -> None:
 
 def test_git_credentials_line_not_a_url(stackgen: Callable[..., Run], example: Path) -> None:
     (example / "secrets" / "git-credentials").write_text(
-        "https://x-access-token:example-not-a-real-token@github.com\n"
-        "example-not-a-real-token\n"
+        "https://x-access-token:example-not-a-real-token@github.com\nexample-not-a-real-token\n"
     )
     run = stackgen("build", str(example))
     assert_rejected(
@@ -281,7 +284,8 @@ def test_hook_name_not_a_buildkite_hook(stackgen: Callable[..., Run], minimal: P
     write(minimal / "hooks" / "pre", "#!/bin/bash\necho hi\n")
     set_stack(minimal, "secrets:\n", "hooks:\n  pre_command: hooks/pre\nsecrets:\n")
     assert_rejected(
-        stackgen("build", str(minimal)), "stack.yaml: hooks.pre_command: did you mean 'pre-command'?"
+        stackgen("build", str(minimal)),
+        "stack.yaml: hooks.pre_command: did you mean 'pre-command'?",
     )
 
 
@@ -342,8 +346,11 @@ def test_two_hpas_on_one_deployment(stackgen: Callable[..., Run], example: Path)
               resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
         """,
     )
-    set_stack(example, "    - extra/agent-poddisruptionbudget.yaml\n",
-              "    - extra/agent-poddisruptionbudget.yaml\n    - extra/second-hpa.yaml\n")
+    set_stack(
+        example,
+        "    - extra/agent-poddisruptionbudget.yaml\n",
+        "    - extra/agent-poddisruptionbudget.yaml\n    - extra/second-hpa.yaml\n",
+    )
     assert_rejected(
         stackgen("build", str(example)),
         "Deployment/buildkite-agent-default: 2 HorizontalPodAutoscalers "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stackgen.build import build
+from stackgen.pipeline import build
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"

@@ -128,11 +128,11 @@ def server_dry_run(objects: list[dict[str, Any]], file: str) -> tuple[list[Probl
     kubectl = tools.kubectl()
     notices: list[str] = []
     namespaces = {
-        (o.get("metadata") or {}).get("namespace")
+        str((o.get("metadata") or {}).get("namespace"))
         for o in objects
         if (o.get("metadata") or {}).get("namespace")
     }
-    missing = set()
+    missing: set[str] = set()
     for namespace in sorted(namespaces):
         proc = tools.run(kubectl, ["get", "namespace", namespace, "-o", "name"], timeout=60)
         if proc.returncode != 0:
@@ -163,9 +163,9 @@ def server_dry_run(objects: list[dict[str, Any]], file: str) -> tuple[list[Probl
             text = message[-1] if message else f"kubectl exited {proc.returncode}"
             problems.append(Problem(file, object_id(obj), f"server dry-run: {_short(text)}"))
     if not problems:
-        text = whole.stderr.decode("utf-8", "replace").strip().splitlines()
+        lines = whole.stderr.decode("utf-8", "replace").strip().splitlines()
         problems.append(
-            Problem(file, "", f"server dry-run: {_short(text[-1] if text else 'failed')}")
+            Problem(file, "", f"server dry-run: {_short(lines[-1] if lines else 'failed')}")
         )
     return problems, notices
 

@@ -30,7 +30,7 @@ from stackgen.config import (
 )
 from stackgen.errors import BuildError, ConfigError, Problem
 from stackgen.policy import PolicyContext, literal_secret_problems
-from stackgen.validate import kubeconform_problems, policy_problems, raise_if, server_dry_run
+from stackgen.validation import kubeconform_problems, policy_problems, raise_if, server_dry_run
 
 
 @dataclass
