@@ -6,6 +6,7 @@ import json
 
 import click
 
+from stackgen.cli import handle_errors
 from stackgen.output import out
 
 
@@ -15,14 +16,23 @@ from stackgen.output import out
     is_flag=True,
     help="Print the dispatcher config schema instead of the stack.yaml schema.",
 )
-def command(dispatcher: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print the stack.yaml reference as Markdown.")
+@handle_errors
+def command(dispatcher: bool, markdown: bool) -> None:
     """Print the JSON schema of stack.yaml (for editors and check-jsonschema).
 
     \b
     Examples:
       stackgen schema > stack.schema.json
       stackgen schema --dispatcher
+      stackgen schema --markdown > docs/stack-reference.md
     """
     from stackgen.resources import load_schema
+
+    if markdown:
+        from stackgen.reference import render_reference
+
+        out(render_reference(), nl=False)
+        return
 
     out(json.dumps(load_schema("dispatcher" if dispatcher else "stack"), indent=2), nl=True)

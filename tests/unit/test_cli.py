@@ -129,3 +129,13 @@ def test_init_refuses_non_empty_folder_and_bad_names(
 def test_build_stdout_is_only_yaml(stackgen: Callable[..., Run]) -> None:
     run = stackgen("build", "overlays/example")
     assert run.stdout.startswith(b"apiVersion: v1\nkind: Namespace\n")
+
+
+def test_reference_doc_is_in_sync_with_the_schema() -> None:
+    from stackgen.reference import render_reference
+    from tests.conftest import ROOT
+
+    committed = (ROOT / "docs" / "stack-reference.md").read_text()
+    assert committed == render_reference(), (
+        "docs/stack-reference.md is stale: stackgen schema --markdown > docs/stack-reference.md"
+    )
