@@ -80,7 +80,7 @@ def render_reference() -> str:
         "",
         " ".join(str(root["description"]).split()),
         "",
-        "Unknown keys are errors (with a \"did you mean\" hint). Paths below use `[]` for "
+        'Unknown keys are errors (with a "did you mean" hint). Paths below use `[]` for '
         "list items.",
         "",
         "| field | type | default | description |",

@@ -9,6 +9,7 @@ Buildkite's own 401 message echoes part of it, so messages are redacted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -236,10 +237,8 @@ class AgentAPI:
             raise BadResponse(f"GET /metrics: unexpected shape: {exc}") from exc
         hint = response.headers.get("Buildkite-Agent-Metrics-Poll-Duration")
         if hint:
-            try:
+            with contextlib.suppress(ValueError):
                 snapshot.poll_after = max(0.0, float(hint))
-            except ValueError:
-                pass
         return snapshot
 
     def token_identity(self) -> dict[str, Any]:
