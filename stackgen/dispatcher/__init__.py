@@ -1,0 +1,1 @@
+"""The in-cluster dispatcher: queued Buildkite jobs become Kubernetes Jobs."""

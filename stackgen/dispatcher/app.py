@@ -1,0 +1,168 @@
+"""Wire the dispatcher process together: config, clients, election, loop, HTTP, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from stackgen import logs
+from stackgen.buildkite import AgentAPI
+from stackgen.dispatcher.config import DispatcherConfig
+from stackgen.dispatcher.kube import ClientKube, Kube
+from stackgen.dispatcher.leader import LeaderElector
+from stackgen.dispatcher.loop import Dispatcher
+from stackgen.dispatcher.metrics import Metrics
+from stackgen.dispatcher.server import Endpoint, Server
+
+
+@dataclass
+class Options:
+    """Command-line overrides (for running outside a pod, e.g. in tests)."""
+
+    kubeconfig: str | None = None
+    identity: str | None = None
+    host: str | None = None
+    port: int | None = None
+    advertise: str | None = None
+    leader_election: bool = True
+
+
+def default_identity() -> str:
+    """The pod name in a pod, else host and process."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    logs.configure(config.log_level, component="dispatcher")
+    token = config.token()
+    logs.register_secret(token)
+    webhook_token = (
+        os.environ.get(config.webhook_token_env or "", "") if config.webhook_enabled else ""
+    )
+    logs.register_secret(webhook_token)
+    identity = options.identity or default_identity()
+    log = logs.get_logger(stack=config.stack, namespace=config.namespace, replica=identity)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    metrics = Metrics()
+    api = AgentAPI(config.endpoint, token)
+    kube = kube or ClientKube(config.namespace, kubeconfig=options.kubeconfig)
+    host = options.host or config.host
+    port = config.port if options.port is None else options.port
+    pod_ip = os.environ.get("POD_IP")
+    advertise = options.advertise or (f"http://{pod_ip}:{port}" if pod_ip else None)
+
+    dispatcher: Dispatcher | None = None
+
+    def on_leadership(leader: bool) -> None:
+        metrics.leader.set(1 if leader else 0)
+        if dispatcher is not None:
+            if leader:
+                dispatcher.trigger()  # a new leader looks at once
+            else:
+                dispatcher.forget_state()
+
+    elector: LeaderElector | None = None
+    if options.leader_election and config.lease_enabled:
+        elector = LeaderElector(
+            kube,
+            config.lease_name,
+            identity,
+            lease_duration=config.lease_duration,
+            renew_deadline=config.renew_deadline,
+            retry_period=config.retry_period,
+            endpoint=advertise,
+            on_change=on_leadership,
+            log=log,
+        )
+
+    def is_leader() -> bool:
+        return elector.is_leader if elector is not None else True
+
+    dispatcher = Dispatcher(config, api, kube, metrics=metrics, log=log, is_leader=is_leader)
+    if elector is None:
+        metrics.leader.set(1)
+
+    started = time.time()
+
+    def healthy() -> bool:
+        # Alive while the loop turns; a wedged loop gets the pod restarted.
+        return time.time() - dispatcher.last_loop < 120
+
+    def ready() -> bool:
+        return (
+            dispatcher.last_success is not None
+            or (elector is not None and not is_leader())
+            or (time.time() - started < 5)
+        )
+
+    endpoint = Endpoint(
+        metrics,
+        healthy=healthy,
+        ready=ready,
+        trigger=dispatcher.trigger,
+        is_leader=is_leader,
+        leader_endpoint=lambda: elector.leader_endpoint if elector is not None else None,
+        webhook_token=webhook_token or None,
+        max_signature_age=config.max_signature_age,
+        log=log,
+    )
+    server = Server(endpoint, host, port).start()
+    log.info(
+        "dispatcher started",
+        port=server.port,
+        queues=[{"name": q.name, "mode": q.mode} for q in config.queues],
+        leader_election=elector is not None,
+        webhook=bool(webhook_token),
+    )
+    threads: list[threading.Thread] = []
+    if elector is not None:
+        threads.append(
+            threading.Thread(target=elector.run, args=(stop,), name="election", daemon=True)
+        )
+    threads.append(
+        threading.Thread(target=_guard(dispatcher.run, stop, log), name="loop", daemon=True)
+    )
+    for thread in threads:
+        thread.start()
+    while not stop.is_set():
+        stop.wait(1.0)
+    for thread in threads:
+        thread.join(timeout=10)
+    if is_leader():
+        dispatcher.deregister()  # followers share the stack key: only the leader may
+    if elector is not None:
+        elector.release()  # the successor need not wait the lease out
+    server.stop()
+    api.close()
+    log.info("dispatcher stopped")
+    return 0
+
+
+def _guard(target: Any, stop: threading.Event, log: Any) -> Any:
+    """Run the loop; an unexpected exception is logged and the loop restarted, never fatal."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                target(stop)
+            except Exception:
+                log.exception("dispatch loop crashed; restarting it")
+                stop.wait(1.0)
+
+    return run

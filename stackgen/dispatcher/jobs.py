@@ -1,0 +1,279 @@
+"""Build agent Jobs from a queue's template, and read our Jobs back as planner views.
+
+A Job is made from the suspended CronJob's jobTemplate as
+``kubectl create job --from=cronjob/NAME`` makes it: the template's spec, labels and
+annotations, plus ``cronjob.kubernetes.io/instantiate: manual`` and an owner reference
+to the CronJob.  One deliberate difference: the owner reference is not a *controller*
+reference, so the CronJob controller neither lists our Jobs in its status (which would
+grow with every dispatch) nor prunes them by its history limits; the garbage collector
+still deletes them with the CronJob.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from stackgen.dispatcher.config import QueueConfig
+from stackgen.dispatcher.planner import CreateJob, JobView
+
+JSON = dict[str, Any]
+
+LABEL_DISPATCH_ID = "stackgen.io/dispatch-id"
+LABEL_QUEUE = "stackgen.io/queue"
+LABEL_BUILDKITE_JOB = "stackgen.io/buildkite-job"
+LABEL_ATTEMPT = "stackgen.io/attempt"
+LABEL_WARM = "stackgen.io/warm"
+ANNOTATION_QUEUE = "stackgen.io/queue"
+#: Every Job the dispatcher made carries a dispatch ID: the selector for "ours".
+OUR_JOBS = LABEL_DISPATCH_ID
+AGENT_CONTAINER = "agent"
+IDLE_FLAG = "--disconnect-after-idle-timeout"
+
+
+def parse_time(value: Any) -> float:
+    """Kubernetes timestamps (RFC 3339) to epoch seconds."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def acquisition_secret_name(job_name: str) -> str:
+    """Name of the per-job Secret holding an exact-mode job-acquisition token."""
+    return f"{job_name}-acquire"
+
+
+def build_job(
+    cronjob: JSON,
+    action: CreateJob,
+    queue: QueueConfig,
+    *,
+    mirror_claim: str | None = None,
+    mirror_path: str | None = None,
+) -> JSON:
+    """The Job for one :class:`CreateJob` action, made from the queue's CronJob."""
+    template = cronjob["spec"]["jobTemplate"]
+    meta = template.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    ours = {LABEL_DISPATCH_ID: action.dispatch_id}
+    queue_label = labels.get(LABEL_QUEUE) or (cronjob["metadata"].get("labels") or {}).get(
+        LABEL_QUEUE
+    )
+    if queue_label:
+        ours[LABEL_QUEUE] = queue_label
+    if action.buildkite_job:
+        ours[LABEL_BUILDKITE_JOB] = action.buildkite_job
+        ours[LABEL_ATTEMPT] = str(action.attempt)
+    if action.warm:
+        ours[LABEL_WARM] = "true"
+    labels.update(ours)
+    annotations = dict(meta.get("annotations") or {})
+    annotations["cronjob.kubernetes.io/instantiate"] = "manual"
+    annotations[ANNOTATION_QUEUE] = queue.name
+
+    spec = copy.deepcopy(template["spec"])
+    spec["parallelism"] = action.parallelism
+    spec["completions"] = action.parallelism
+    # One agent failing must not fail (and so stop) its siblings mid-build; exact-mode
+    # agents are not retried: exit 27 means another agent already took the job.
+    spec["backoffLimit"] = 0 if action.buildkite_job else action.parallelism
+    spec["activeDeadlineSeconds"] = queue.active_deadline_seconds
+    spec["ttlSecondsAfterFinished"] = queue.ttl_seconds_after_finished
+    pod = spec.setdefault("template", {})
+    pod_meta = pod.setdefault("metadata", {})
+    pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **ours}
+    pod_spec = pod.setdefault("spec", {})
+    container = _agent_container(pod_spec)
+    if action.warm:
+        container["args"] = _without_idle_timeout(container.get("args") or [])
+    if action.buildkite_job:
+        env = [
+            e for e in container.get("env") or [] if e.get("name") != "BUILDKITE_AGENT_ACQUIRE_JOB"
+        ]
+        for entry in env:
+            if entry.get("name") == "BUILDKITE_AGENT_TOKEN":
+                # The agent registers with a token good for this one job only.
+                entry.clear()
+                entry.update(
+                    name="BUILDKITE_AGENT_TOKEN",
+                    valueFrom={
+                        "secretKeyRef": {
+                            "name": acquisition_secret_name(action.name),
+                            "key": "token",
+                        }
+                    },
+                )
+        env.append({"name": "BUILDKITE_AGENT_ACQUIRE_JOB", "value": action.buildkite_job})
+        container["env"] = env
+    if mirror_claim and mirror_path:
+        pod_spec.setdefault("volumes", []).append(
+            {
+                "name": "git-mirror",
+                "persistentVolumeClaim": {"claimName": mirror_claim, "readOnly": True},
+            }
+        )
+        container.setdefault("volumeMounts", []).append(
+            {"name": "git-mirror", "mountPath": mirror_path, "readOnly": True}
+        )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": action.name,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": cronjob["metadata"]["name"],
+                    "uid": cronjob["metadata"]["uid"],
+                    "controller": False,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+def acquisition_secret(job: JSON, token: str) -> JSON:
+    """The Secret with an exact-mode agent's job-acquisition token, owned by its Job."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": acquisition_secret_name(meta["name"]),
+            "labels": {
+                k: v
+                for k, v in (meta.get("labels") or {}).items()
+                if k.startswith(("app.kubernetes.io/", "stackgen.io/"))
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "type": "Opaque",
+        "stringData": {"token": token},
+    }
+
+
+def _agent_container(pod_spec: JSON) -> JSON:
+    for container in pod_spec.get("containers") or []:
+        if container.get("name") == AGENT_CONTAINER:
+            return container  # type: ignore[no-any-return]
+    containers = pod_spec.get("containers") or []
+    if not containers:
+        raise ValueError("the template has no containers")
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def _without_idle_timeout(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == IDLE_FLAG:
+            skip = True
+            continue
+        if arg.startswith(IDLE_FLAG + "="):
+            continue
+        out.append(arg)
+    return out
+
+
+def _condition(job: JSON, kind: str) -> bool:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return True
+    return False
+
+
+def job_views(
+    jobs: Iterable[JSON], pods: Iterable[JSON], queues: dict[str, QueueConfig]
+) -> list[JobView]:
+    """Our Jobs (and why their pods wait) as the planner sees them."""
+    waiting: dict[str, str] = {}
+    ready_pods: dict[str, int] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        owner = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if not owner:
+            continue
+        if _pod_ready(pod):
+            ready_pods[owner] = ready_pods.get(owner, 0) + 1
+        reason = pod_waiting_reason(pod)
+        if reason and owner not in waiting:
+            waiting[owner] = reason
+    views = []
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        queue_name = (meta.get("annotations") or {}).get(ANNOTATION_QUEUE)
+        if queue_name not in queues or meta.get("deletionTimestamp"):
+            continue
+        spec = job.get("spec") or {}
+        status = job.get("status") or {}
+        name = meta["name"]
+        ready = status.get("ready")
+        views.append(
+            JobView(
+                name=name,
+                queue=queue_name,
+                dispatch_id=labels.get(LABEL_DISPATCH_ID, ""),
+                created_at=parse_time(meta.get("creationTimestamp")),
+                completions=int(spec.get("completions") or spec.get("parallelism") or 1),
+                succeeded=int(status.get("succeeded") or 0),
+                failed=int(status.get("failed") or 0),
+                ready=int(ready) if ready is not None else ready_pods.get(name, 0),
+                finished=_condition(job, "Complete") or _condition(job, "Failed"),
+                buildkite_job=labels.get(LABEL_BUILDKITE_JOB),
+                attempt=int(labels.get(LABEL_ATTEMPT, "1") or 1),
+                warm=labels.get(LABEL_WARM) == "true",
+                waiting_reason=waiting.get(name),
+            )
+        )
+    return views
+
+
+def _pod_ready(pod: JSON) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        return False
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def pod_waiting_reason(pod: JSON) -> str | None:
+    """Why a pending pod is not running, from its status (Unschedulable, ErrImagePull, …)."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = condition.get("reason") or "Unschedulable"
+            message = condition.get("message") or ""
+            return f"{reason}: {message}".strip(": ")
+    for field in ("initContainerStatuses", "containerStatuses"):
+        for container in status.get(field) or []:
+            state = (container.get("state") or {}).get("waiting") or {}
+            if state.get("reason") and state["reason"] not in (
+                "ContainerCreating",
+                "PodInitializing",
+            ):
+                return f"{state['reason']}: {state.get('message') or ''}".strip(": ")
+    return None

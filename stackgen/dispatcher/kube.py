@@ -1,0 +1,193 @@
+"""The dispatcher's seam to Kubernetes.
+
+A small interface, and its implementation on the
+official ``kubernetes`` client.
+
+Objects cross the seam as plain JSON dicts (the API's own shape): the client is asked
+not to build its model objects, which at thousands of objects costs more than the
+request itself.  Tests use an in-memory implementation of :class:`Kube`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        """429, 5xx and transport errors are worth another try; 4xx are not."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+    @property
+    def conflict(self) -> bool:
+        """409: AlreadyExists or a stale resourceVersion."""
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        """404."""
+        return self.status == 404
+
+
+class Kube(Protocol):
+    """What the dispatcher does with Kubernetes, in one namespace."""
+
+    namespace: str
+
+    def list_jobs(self, selector: str) -> list[JSON]: ...
+    def list_pods(self, selector: str) -> list[JSON]: ...
+    def list_events(self, field_selector: str) -> list[JSON]: ...
+    def get_cronjob(self, name: str) -> JSON: ...
+    def create_job(self, body: JSON) -> JSON: ...
+    def delete_job(self, name: str) -> None: ...
+    def create_secret(self, body: JSON) -> JSON: ...
+    def list_pvcs(self, selector: str) -> list[JSON]: ...
+    def create_pvc(self, body: JSON) -> JSON: ...
+    def patch_pvc_labels(self, name: str, labels: dict[str, str]) -> JSON: ...
+    def delete_pvc(self, name: str) -> None: ...
+    def get_job(self, name: str) -> JSON: ...
+    def get_lease(self, name: str) -> JSON | None: ...
+    def create_lease(self, body: JSON) -> JSON: ...
+    def replace_lease(self, name: str, body: JSON) -> JSON: ...
+
+
+class ClientKube:
+    """:class:`Kube` on the official client (in-cluster config, else kubeconfig)."""
+
+    def __init__(self, namespace: str, *, kubeconfig: str | None = None, timeout: float = 30.0):
+        from kubernetes import client, config
+
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+        self.namespace = namespace
+        self._timeout = timeout
+        api = client.ApiClient()
+        self._core = client.CoreV1Api(api)
+        self._batch = client.BatchV1Api(api)
+        self._coordination = client.CoordinationV1Api(api)
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            response = method(
+                *args, _preload_content=False, _request_timeout=self._timeout, **kwargs
+            )
+            data = response.data
+        except ApiException as exc:
+            reason = ""
+            try:
+                body = json.loads(exc.body or "{}")
+                reason = str(body.get("reason", ""))
+                message = str(body.get("message", exc.reason))
+            except (ValueError, TypeError):
+                message = str(exc.reason)
+            raise KubeError(message, status=exc.status, reason=reason) from exc
+        except (HTTPError, OSError) as exc:
+            raise KubeError(f"{type(exc).__name__}: {exc}") from exc
+        return json.loads(data) if data else {}
+
+    def _items(self, method: Any, **kwargs: Any) -> list[JSON]:
+        items: list[JSON] = []
+        token = None
+        while True:
+            page = self._call(method, self.namespace, limit=500, _continue=token, **kwargs)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def list_jobs(self, selector: str) -> list[JSON]:
+        return self._items(self._batch.list_namespaced_job, label_selector=selector)
+
+    def list_pods(self, selector: str) -> list[JSON]:
+        return self._items(self._core.list_namespaced_pod, label_selector=selector)
+
+    def list_events(self, field_selector: str) -> list[JSON]:
+        return self._items(self._core.list_namespaced_event, field_selector=field_selector)
+
+    def get_cronjob(self, name: str) -> JSON:
+        result: JSON = self._call(self._batch.read_namespaced_cron_job, name, self.namespace)
+        return result
+
+    def create_job(self, body: JSON) -> JSON:
+        result: JSON = self._call(self._batch.create_namespaced_job, self.namespace, body)
+        return result
+
+    def get_job(self, name: str) -> JSON:
+        result: JSON = self._call(self._batch.read_namespaced_job, name, self.namespace)
+        return result
+
+    def delete_job(self, name: str) -> None:
+        # Background: the Job goes now, the garbage collector removes its pods.
+        self._call(
+            self._batch.delete_namespaced_job,
+            name,
+            self.namespace,
+            body={"propagationPolicy": "Background"},
+        )
+
+    def create_secret(self, body: JSON) -> JSON:
+        result: JSON = self._call(self._core.create_namespaced_secret, self.namespace, body)
+        return result
+
+    def list_pvcs(self, selector: str) -> list[JSON]:
+        return self._items(
+            self._core.list_namespaced_persistent_volume_claim, label_selector=selector
+        )
+
+    def create_pvc(self, body: JSON) -> JSON:
+        result: JSON = self._call(
+            self._core.create_namespaced_persistent_volume_claim, self.namespace, body
+        )
+        return result
+
+    def patch_pvc_labels(self, name: str, labels: dict[str, str]) -> JSON:
+        result: JSON = self._call(
+            self._core.patch_namespaced_persistent_volume_claim,
+            name,
+            self.namespace,
+            {"metadata": {"labels": labels}},
+        )
+        return result
+
+    def delete_pvc(self, name: str) -> None:
+        self._call(self._core.delete_namespaced_persistent_volume_claim, name, self.namespace)
+
+    def get_lease(self, name: str) -> JSON | None:
+        try:
+            result: JSON = self._call(
+                self._coordination.read_namespaced_lease, name, self.namespace
+            )
+            return result
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    def create_lease(self, body: JSON) -> JSON:
+        result: JSON = self._call(self._coordination.create_namespaced_lease, self.namespace, body)
+        return result
+
+    def replace_lease(self, name: str, body: JSON) -> JSON:
+        result: JSON = self._call(
+            self._coordination.replace_namespaced_lease, name, self.namespace, body
+        )
+        return result

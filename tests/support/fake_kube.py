@@ -1,0 +1,334 @@
+"""An in-memory implementation of the dispatcher's :class:`~stackgen.dispatcher.kube.Kube`
+seam, for unit tests and the dispatch benchmark (test support, never shipped).
+
+It keeps objects as the API's JSON, stamps names, uids, resourceVersions and creation
+times from a clock it is given, checks resourceVersions on replace (409 when stale),
+and can be told to fail the next calls of a method with a given status.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from stackgen.dispatcher.kube import JSON, KubeError
+
+
+def _stamp(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def matches(labels: dict[str, str], selector: str) -> bool:
+    """Equality-based label selectors: ``a``, ``a=b``, ``a!=b``, ``!a``, comma-joined."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            if labels.get(key.rstrip("=")) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class FakeKube:
+    """Objects of one namespace, in memory."""
+
+    def __init__(
+        self, namespace: str = "buildkite", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.namespace = namespace
+        self.clock = clock
+        self.objects: dict[str, dict[str, JSON]] = defaultdict(dict)
+        self.calls: list[tuple[str, str]] = []
+        self._faults: dict[str, list[int]] = defaultdict(list)
+        self._versions = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def fail(self, method: str, status: int, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` fail with ``status``."""
+        self._faults[method].extend([status] * times)
+
+    def _enter(self, method: str, target: str = "") -> None:
+        self.calls.append((method, target))
+        if self._faults[method]:
+            status = self._faults[method].pop(0)
+            raise KubeError(f"injected {status} on {method}", status=status)
+
+    def writes(self) -> int:
+        """Write calls made so far (what the benchmark counts per dispatched job)."""
+        return sum(
+            1 for m, _ in self.calls if m.split("_")[0] in ("create", "delete", "replace", "patch")
+        )
+
+    def add(self, kind: str, obj: JSON) -> JSON:
+        """Put an object in as if it had been applied (fills metadata)."""
+        with self._lock:
+            obj = copy.deepcopy(obj)
+            meta = obj.setdefault("metadata", {})
+            meta.setdefault("namespace", self.namespace)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _stamp(self.clock()))
+            meta["resourceVersion"] = str(next(self._versions))
+            self.objects[kind][meta["name"]] = obj
+            return copy.deepcopy(obj)
+
+    def _create(self, kind: str, body: JSON) -> JSON:
+        with self._lock:
+            if body["metadata"]["name"] in self.objects[kind]:
+                raise KubeError(
+                    f"{kind} {body['metadata']['name']} already exists",
+                    status=409,
+                    reason="AlreadyExists",
+                )
+            return self.add(kind, body)
+
+    def _get(self, kind: str, name: str) -> JSON:
+        with self._lock:
+            if name not in self.objects[kind]:
+                raise KubeError(f"{kind} {name} not found", status=404, reason="NotFound")
+            return copy.deepcopy(self.objects[kind][name])
+
+    def _list(self, kind: str, selector: str) -> list[JSON]:
+        with self._lock:
+            return [
+                copy.deepcopy(o)
+                for o in self.objects[kind].values()
+                if matches((o.get("metadata") or {}).get("labels") or {}, selector)
+            ]
+
+    def _delete(self, kind: str, name: str) -> None:
+        with self._lock:
+            if self.objects[kind].pop(name, None) is None:
+                raise KubeError(f"{kind} {name} not found", status=404, reason="NotFound")
+            if kind == "jobs":  # cascade, like the garbage collector
+                for pod in list(self.objects["pods"].values()):
+                    if (pod["metadata"].get("labels") or {}).get(
+                        "batch.kubernetes.io/job-name"
+                    ) == name:
+                        del self.objects["pods"][pod["metadata"]["name"]]
+                for secret in list(self.objects["secrets"].values()):
+                    owners = secret["metadata"].get("ownerReferences") or []
+                    if any(o.get("kind") == "Job" and o.get("name") == name for o in owners):
+                        del self.objects["secrets"][secret["metadata"]["name"]]
+
+    # ------------------------------------------------------------- Kube protocol
+
+    def list_jobs(self, selector: str) -> list[JSON]:
+        self._enter("list_jobs", selector)
+        return self._list("jobs", selector)
+
+    def list_pods(self, selector: str) -> list[JSON]:
+        self._enter("list_pods", selector)
+        return self._list("pods", selector)
+
+    def list_events(self, field_selector: str) -> list[JSON]:
+        self._enter("list_events", field_selector)
+        return []
+
+    def get_cronjob(self, name: str) -> JSON:
+        self._enter("get_cronjob", name)
+        return self._get("cronjobs", name)
+
+    def create_job(self, body: JSON) -> JSON:
+        self._enter("create_job", body["metadata"]["name"])
+        return self._create("jobs", body)
+
+    def get_job(self, name: str) -> JSON:
+        self._enter("get_job", name)
+        return self._get("jobs", name)
+
+    def delete_job(self, name: str) -> None:
+        self._enter("delete_job", name)
+        self._delete("jobs", name)
+
+    def create_secret(self, body: JSON) -> JSON:
+        self._enter("create_secret", body["metadata"]["name"])
+        return self._create("secrets", body)
+
+    def list_pvcs(self, selector: str) -> list[JSON]:
+        self._enter("list_pvcs", selector)
+        return self._list("pvcs", selector)
+
+    def create_pvc(self, body: JSON) -> JSON:
+        self._enter("create_pvc", body["metadata"]["name"])
+        return self._create("pvcs", body)
+
+    def patch_pvc_labels(self, name: str, labels: dict[str, str]) -> JSON:
+        self._enter("patch_pvc_labels", name)
+        with self._lock:
+            obj = self.objects["pvcs"][name]
+            obj["metadata"].setdefault("labels", {}).update(labels)
+            return copy.deepcopy(obj)
+
+    def delete_pvc(self, name: str) -> None:
+        self._enter("delete_pvc", name)
+        self._delete("pvcs", name)
+
+    def get_lease(self, name: str) -> JSON | None:
+        self._enter("get_lease", name)
+        with self._lock:
+            lease = self.objects["leases"].get(name)
+            return copy.deepcopy(lease) if lease else None
+
+    def create_lease(self, body: JSON) -> JSON:
+        self._enter("create_lease", body["metadata"]["name"])
+        return self._create("leases", body)
+
+    def replace_lease(self, name: str, body: JSON) -> JSON:
+        self._enter("replace_lease", name)
+        with self._lock:
+            current = self.objects["leases"].get(name)
+            if current is None:
+                raise KubeError("not found", status=404)
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise KubeError("the object has been modified", status=409, reason="Conflict")
+            body = copy.deepcopy(body)
+            body["metadata"]["resourceVersion"] = str(next(self._versions))
+            self.objects["leases"][name] = body
+            return copy.deepcopy(body)
+
+    # ---------------------------------------------------- the Job controller, simply
+
+    def run_job_controller(self, *, start: bool = True, ready: bool = True) -> None:
+        """Create missing pods for every Job (and mark them ready), like kube + kwok would."""
+        with self._lock:
+            for job in list(self.objects["jobs"].values()):
+                name = job["metadata"]["name"]
+                spec = job["spec"]
+                status = job.setdefault("status", {})
+                pods = [
+                    p
+                    for p in self.objects["pods"].values()
+                    if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == name
+                ]
+                want = int(spec.get("parallelism") or 1) - int(status.get("succeeded") or 0)
+                for index in range(len(pods), max(0, want)):
+                    labels = dict((spec["template"].get("metadata") or {}).get("labels") or {})
+                    labels["batch.kubernetes.io/job-name"] = name
+                    phase = "Running" if start else "Pending"
+                    conditions = [
+                        {"type": "Ready", "status": "True" if (start and ready) else "False"}
+                    ]
+                    if not start:
+                        conditions.append(
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": "0/3 nodes are available",
+                            }
+                        )
+                    self.add(
+                        "pods",
+                        {
+                            "metadata": {"name": f"{name}-{index}", "labels": labels},
+                            "spec": copy.deepcopy(spec["template"].get("spec") or {}),
+                            "status": {"phase": phase, "conditions": conditions},
+                        },
+                    )
+                pods = [
+                    p
+                    for p in self.objects["pods"].values()
+                    if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == name
+                ]
+                status["active"] = sum(
+                    1 for p in pods if p["status"]["phase"] in ("Pending", "Running")
+                )
+                status["ready"] = sum(
+                    1
+                    for p in pods
+                    if any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in p["status"]["conditions"]
+                    )
+                )
+
+    def finish_pods(self, job_name: str, count: int | None = None) -> None:
+        """Let ``count`` (default all) running pods of a Job succeed."""
+        with self._lock:
+            job = self.objects["jobs"][job_name]
+            status = job.setdefault("status", {})
+            pods = [
+                p
+                for p in list(self.objects["pods"].values())
+                if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job_name
+                and p["status"]["phase"] == "Running"
+            ]
+            for pod in pods[: count if count is not None else len(pods)]:
+                del self.objects["pods"][pod["metadata"]["name"]]
+                status["succeeded"] = int(status.get("succeeded") or 0) + 1
+            if int(status.get("succeeded") or 0) >= int(job["spec"].get("completions") or 1):
+                status["conditions"] = [{"type": "Complete", "status": "True"}]
+                status["ready"] = 0
+                status["active"] = 0
+
+
+def cronjob_template(name: str, queue_slug: str, args: list[str] | None = None) -> dict[str, Any]:
+    """A queue template as `stackgen build` makes it (the parts the dispatcher reads)."""
+    labels = {
+        "app.kubernetes.io/name": "buildkite-agent",
+        "app.kubernetes.io/component": "agent",
+        "app.kubernetes.io/instance": "test",
+        "stackgen.io/queue": queue_slug,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "schedule": "@yearly",
+            "suspend": True,
+            "jobTemplate": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "backoffLimit": 0,
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [
+                                {
+                                    "name": "agent",
+                                    "image": "buildkite/agent:3.117.0",
+                                    "args": args
+                                    or [
+                                        "start",
+                                        "--disconnect-after-job",
+                                        "--disconnect-after-idle-timeout",
+                                        "60",
+                                    ],
+                                    "env": [
+                                        {
+                                            "name": "BUILDKITE_AGENT_TOKEN",
+                                            "valueFrom": {
+                                                "secretKeyRef": {
+                                                    "name": "buildkite-agent-token-x",
+                                                    "key": "token",
+                                                }
+                                            },
+                                        },
+                                    ],
+                                }
+                            ],
+                        },
+                    },
+                },
+            },
+        },
+    }
