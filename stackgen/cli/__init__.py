@@ -70,10 +70,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Imported lazily per command module so `stackgen --help` stays fast.
-    from stackgen.cli import build, init, render, schema, validate
+    from stackgen.cli import build, dispatcher, init, metrics_adapter, render, schema, validate
 
-    for module in (build, init, render, schema, validate):
+    for module in (build, init, render, schema, validate, dispatcher, metrics_adapter):
         cli.add_command(module.command)
+    cli.add_command(dispatcher.git_mirror)
 
 
 _register()

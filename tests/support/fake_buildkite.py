@@ -154,6 +154,7 @@ MAX_METADATA_KEYS: Final = 100
 
 _STACK_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _JSON_TYPE: Final = "application/json; charset=utf-8"
+_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- time helpers
@@ -1364,10 +1365,15 @@ class FakeBuildkite:
 
         ``POST /_fake/jobs`` ``{"queue", "count"?, "fields"?}`` -> 201 ``{"uuids"}``;
         ``GET /_fake/jobs?queue=&state=`` -> ``{"jobs"}``;
-        ``PUT /_fake/jobs/<uuid>`` ``{"state"}``; ``PUT /_fake/agents`` ``{"queue", "idle",
-        "busy"}``; ``POST /_fake/faults`` ``{"target", "kind", "times"?, "seconds"?}``;
-        ``GET /_fake/requests``, ``/_fake/finished``, ``/_fake/notifications``.
-        Control calls are not in the request log and never rate limited.
+        ``GET /_fake/jobs/<uuid>`` -> the job; ``PUT /_fake/jobs/<uuid>`` ``{"state"}``;
+        what an agent does to one job: ``POST /_fake/jobs/<uuid>/acquire`` -> 200
+        ``{"acquire_status": 200|422|423, "state"}`` (the status ``PUT /v3/jobs/:id/acquire``
+        would answer), ``POST /_fake/jobs/<uuid>/start`` and ``POST /_fake/jobs/<uuid>/finish``
+        ``{"exit_status"?}`` (409 once the job is finished, canceled, ...);
+        ``PUT /_fake/agents`` ``{"queue", "idle", "busy"}``; ``POST /_fake/faults`` ``{"target",
+        "kind", "times"?, "seconds"?}``; ``GET /_fake/requests``, ``/_fake/finished``,
+        ``/_fake/notifications``. An unknown job UUID answers 404. Control calls are not in the
+        request log and never rate limited.
         """
         query = parse_qs(req.query)
         try:
@@ -1383,9 +1389,8 @@ class FakeBuildkite:
                     queue=query.get("queue", [None])[0], state=query.get("state", [None])[0]
                 )
                 return _json_response(200, {"jobs": [dataclasses.asdict(j) for j in jobs]})
-            if req.method == "PUT" and len(path) == 2 and path[0] == "jobs":
-                self.set_job_state(path[1], str(body["state"]))
-                return _json_response(200, dataclasses.asdict(self.job(path[1])))
+            if len(path) in (2, 3) and path[0] == "jobs":
+                return self._admin_job(req.method, path[1], path[2:], body)
             if req.method == "PUT" and path == ["agents"]:
                 self.set_agents(
                     str(body["queue"]), idle=int(body.get("idle", 0)), busy=int(body.get("busy", 0))
@@ -1412,6 +1417,37 @@ class FakeBuildkite:
             return _json_response(err.status, err.payload)
         except (KeyError, TypeError, ValueError) as err:
             return _json_response(400, {"message": f"bad control request: {err}"})
+
+    def _admin_job(
+        self, method: str, uuid: str, action: list[str], body: Mapping[str, Any]
+    ) -> _Response:
+        """``/_fake/jobs/<uuid>[/acquire|/start|/finish]``: one job, driven as an agent would."""
+        with self._lock:
+            if uuid not in self._jobs:
+                raise _ApiError(404, "Job not found")
+            if method == "GET" and not action:
+                return _json_response(200, dataclasses.asdict(self.job(uuid)))
+            if method == "PUT" and not action:
+                self.set_job_state(uuid, str(body["state"]))
+                return _json_response(200, dataclasses.asdict(self.job(uuid)))
+            if method == "POST" and action == ["acquire"]:
+                status = self.acquire_job(uuid)
+                return _json_response(
+                    200, {"acquire_status": status, "state": self._jobs[uuid].state}
+                )
+            if method == "POST" and action in (["start"], ["finish"]):
+                state = self._jobs[uuid].state
+                if state in TERMINAL_STATES:
+                    raise _ApiError(409, f"Job is already {state}")
+                if action == ["start"]:
+                    self.start_job(uuid)
+                else:
+                    exit_status = body.get("exit_status", 0)
+                    if not isinstance(exit_status, int) or isinstance(exit_status, bool):
+                        raise _ApiError(400, "exit_status must be an integer")
+                    self.finish_job(uuid, exit_status)
+                return _json_response(200, dataclasses.asdict(self.job(uuid)))
+            raise _ApiError(404, "Not Found")
 
 
 def _presented_token(headers: Mapping[str, str]) -> str | None:
@@ -1508,9 +1544,43 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.connection, False)
 
+    def _read_chunked(self) -> bytes | None:
+        """A ``Transfer-Encoding: chunked`` body (Go sends empty POST bodies so); None if bad."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return None
+            if size < 0 or len(body) + size > _MAX_BODY_BYTES:
+                return None
+            if size == 0:
+                break
+            body += self.rfile.read(size)
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                return None
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):  # trailer fields
+            pass
+        return bytes(body)
+
     def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunked = self._read_chunked()
+            if chunked is None:
+                self.close_connection = True
+                resp = _json_response(400, {"message": "malformed chunked request body"})
+                self.send_response(resp.status)
+                self.send_header("Content-Type", _JSON_TYPE)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(resp.body)
+                return
+            body = chunked
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
         raw_path, _, query = self.path.partition("?")
         headers = {name.lower(): value for name, value in self.headers.items()}
         request = _Request(self.command, raw_path, query, headers, body)

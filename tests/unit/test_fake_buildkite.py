@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -727,3 +728,167 @@ def test_runs_as_a_separate_process_until_sigterm() -> None:
         _, err = proc.communicate(timeout=5)
     assert proc.returncode == 0, err
     assert TOKEN not in err
+
+
+# --------------------------------------------------------------------------- control API: agents
+
+
+def control(fake: FakeBuildkite, method: str, path: str, body: Any = None) -> HttpResponse:
+    data = json.dumps(body).encode() if body is not None else None
+    return http_request(method, fake.url + "/_fake" + path, body=data)
+
+
+def test_control_api_drives_one_job_as_an_agent_would(fake: FakeBuildkite, api: Api) -> None:
+    uuid = fake.add_job("default")
+    assert control(fake, "GET", f"/jobs/{uuid}").json()["state"] == "scheduled"
+
+    first = control(fake, "POST", f"/jobs/{uuid}/acquire")
+    assert first.status == 200
+    assert first.json() == {"acquire_status": 200, "state": "assigned"}
+    # A second agent (a duplicate pod) is refused, as PUT /v3/jobs/:id/acquire refuses it.
+    assert control(fake, "POST", f"/jobs/{uuid}/acquire").json()["acquire_status"] == 422
+
+    started = control(fake, "POST", f"/jobs/{uuid}/start")
+    assert started.status == 200 and started.json()["state"] == "running"
+    assert api("POST", "/stacks/stack-a/jobs/get-states", {"job_uuids": [uuid]}).status == 404
+    api.register()
+    states = api("POST", "/stacks/stack-a/jobs/get-states", {"job_uuids": [uuid]}).json()
+    assert states == {"states": {uuid: "running"}}
+
+    done = control(fake, "POST", f"/jobs/{uuid}/finish", {"exit_status": 3})
+    assert done.status == 200
+    assert (done.json()["state"], done.json()["exit_status"]) == ("finished", 3)
+    again = control(fake, "POST", f"/jobs/{uuid}/finish", {})
+    assert again.status == 409 and "finished" in again.json()["message"]
+    assert control(fake, "POST", f"/jobs/{uuid}/start").status == 409
+    assert control(fake, "POST", f"/jobs/{uuid}/acquire").json() == {
+        "acquire_status": 422,
+        "state": "finished",
+    }
+
+
+def test_control_api_job_errors(fake: FakeBuildkite) -> None:
+    uuid = fake.add_job("default")
+    missing = "00000000-0000-4000-8000-000000000000"
+    for method, path in [
+        ("GET", f"/jobs/{missing}"),
+        ("PUT", f"/jobs/{missing}"),
+        ("POST", f"/jobs/{missing}/acquire"),
+        ("POST", f"/jobs/{missing}/finish"),
+    ]:
+        resp = control(fake, method, path, {"state": "running"})
+        assert resp.status == 404, (method, path, resp.body)
+    assert control(fake, "POST", f"/jobs/{uuid}/explode").status == 404
+    bad = control(fake, "POST", f"/jobs/{uuid}/finish", {"exit_status": "1"})
+    assert bad.status == 400
+    assert control(fake, "PUT", f"/jobs/{uuid}", {"state": "nope"}).status == 400
+    assert control(fake, "PUT", f"/jobs/{uuid}", {"state": "waiting"}).json()["state"] == "waiting"
+    # A job still waiting on dependencies answers 423, and stays where it is.
+    assert control(fake, "POST", f"/jobs/{uuid}/acquire").json() == {
+        "acquire_status": 423,
+        "state": "waiting",
+    }
+    # Control calls never reach the request log.
+    assert fake.requests == []
+
+
+# --------------------------------------------------------------------------- the peer's wire shapes
+
+
+def test_requests_shaped_like_buildkites_go_stacks_client_are_answered(
+    fake: FakeBuildkite, api: Api, clock: VirtualClock
+) -> None:
+    """What agent-stack-k8s v0.47.0 (Go stacksapi client) sends, byte for byte where it matters.
+
+    Its stack key defaults to ``agent-stack-k8s`` and its default queue key is ``_default``;
+    the list asks ``limit=1000``; the reservation expiry is left out (server default: 900 s);
+    notification timestamps are Go's RFC 3339 with nanoseconds and an offset; finish sends exit
+    status -1; deregister is a POST with an empty body.
+    """
+    uuids = fake.add_jobs("default", 2)
+    assert api("GET", "/token").json()["cluster_uuid"]
+    register = {"key": "agent-stack-k8s", "type": "kubernetes", "queue_key": "_default"}
+    created = api("POST", "/stacks/register", {**register, "metadata": {}})
+    assert created.status == 201
+    stack = created.json()
+    assert (stack["key"], stack["cluster_queue_key"]) == ("agent-stack-k8s", "default")
+
+    listed = api("GET", "/stacks/agent-stack-k8s/scheduled-jobs?limit=1000&queue_key=default")
+    assert listed_ids(listed) == uuids
+    assert listed.json()["cluster_queue"]["paused"] is False
+    reserved = api(
+        "PUT", "/stacks/agent-stack-k8s/scheduled-jobs/batch-reserve", {"job_uuids": uuids}
+    )
+    assert reserved.json() == {"reserved": uuids, "not_reserved": []}
+    assert fake.job(uuids[0]).reserved_until == clock() + 900
+
+    job = api("GET", f"/stacks/agent-stack-k8s/jobs/{uuids[0]}")
+    assert job.status == 200 and job.json()["env"]["BUILDKITE_JOB_ID"] == uuids[0]
+
+    stamp = datetime_go(clock())
+    notes = [{"job_uuid": u, "detail": "K8s Job created", "timestamp": stamp} for u in uuids]
+    answered = api("POST", "/stacks/agent-stack-k8s/notifications", {"notifications": notes})
+    assert answered.json() == {"errors": []}
+    states = api("POST", "/stacks/agent-stack-k8s/jobs/get-states", {"job_uuids": uuids})
+    assert states.json() == {"states": {u: "reserved" for u in uuids}}
+    finish = {"exit_status": -1, "detail": "pod failed"}
+    assert api("POST", f"/stacks/agent-stack-k8s/jobs/{uuids[1]}/finish", finish).status == 200
+    assert fake.job(uuids[1]).state == "finished"
+
+    gone = api("POST", "/stacks/agent-stack-k8s/deregister", headers={"Content-Length": "0"})
+    assert gone.status == 204 and gone.body == b""
+    assert fake.stacks["agent-stack-k8s"]["state"] == "disconnected"
+    assert {r.status for r in fake.requests} <= {200, 201, 204}
+
+
+def datetime_go(t: float) -> str:
+    """A time as Go's encoding/json writes a local time.Time: nanoseconds and an offset."""
+    from datetime import datetime, timedelta, timezone
+
+    local = datetime.fromtimestamp(t, timezone(timedelta(hours=10)))
+    return local.strftime("%Y-%m-%dT%H:%M:%S.%f") + "123+10:00"
+
+
+def test_chunked_request_bodies_are_read_and_the_connection_stays_usable(
+    fake: FakeBuildkite,
+) -> None:
+    """Go's client sends a POST whose body is empty as ``Transfer-Encoding: chunked``.
+
+    (agent-stack-k8s's deregister does.) The body must be decoded, not left on the
+    keep-alive connection to be read as a broken next request.
+    """
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    auth = {"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"}
+    try:
+        register = json.dumps(
+            {"key": "chunky", "type": "kubernetes", "queue_key": "default", "metadata": {}}
+        ).encode()
+        parts = iter([register[:10], register[10:]])
+        conn.request("POST", "/v3/stacks/register", body=parts, headers=auth, encode_chunked=True)
+        first = conn.getresponse()
+        assert (first.status, json.loads(first.read())["key"]) == (201, "chunky")
+
+        conn.request("POST", "/v3/stacks/chunky/deregister", body=iter([]), headers=auth)
+        second = conn.getresponse()
+        assert (second.status, second.read()) == (204, b"")
+
+        conn.request("GET", "/v3/token", headers=auth)  # the same connection still works
+        third = conn.getresponse()
+        assert third.status == 200 and json.loads(third.read())["cluster_uuid"]
+    finally:
+        conn.close()
+    assert [(r.route, r.status) for r in fake.requests] == [
+        ("register", 201),
+        ("deregister", 204),
+        ("token", 200),
+    ]
+
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v3/stacks/chunky/deregister HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400 ")

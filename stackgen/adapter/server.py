@@ -1,0 +1,333 @@
+"""The HTTPS server and the process around it (standard library HTTP, one thread per connection).
+
+Each accepted connection is wrapped with the current TLS context and handshakes in its own
+thread, so a slow or hostile client never stalls the accept loop.  Every request outside
+:data:`~stackgen.adapter.api.PUBLIC_PATHS` must pass
+:func:`~stackgen.adapter.auth.authenticate`; the rest is :class:`~stackgen.adapter.api.AdapterAPI`.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from stackgen.adapter.api import PUBLIC_PATHS, AdapterAPI, Response, error_response
+from stackgen.adapter.auth import (
+    AuthConfigError,
+    AuthConfigProvider,
+    RequestHeaderConfig,
+    Unauthenticated,
+    authenticate,
+    kubernetes_configmap_reader,
+)
+from stackgen.adapter.poller import Poller
+from stackgen.adapter.store import MetricStore
+from stackgen.adapter.tls import ServerTLS
+from stackgen.logs import get_logger
+
+__all__ = ["AdapterServer", "AdapterSettings", "RequestHeaderFlags", "run"]
+
+_MAX_BODY = 64 * 1024
+_HANDSHAKE_TIMEOUT = 10.0
+
+
+class AdapterServer(ThreadingHTTPServer):
+    """HTTPS server: TLS per connection, front-proxy authentication per request."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: AdapterAPI,
+        tls: ServerTLS,
+        auth: Callable[[], RequestHeaderConfig | None],
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.app = app
+        self.tls = tls
+        self.auth = auth
+        self.log = get_logger()
+        self.refused_handshakes = 0
+        self._count_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the address (slow, useless here)."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection and wrap it with the current TLS context (no handshake yet)."""
+        sock, addr = self.socket.accept()
+        try:
+            return self.tls.wrap(sock), addr
+        except Exception as exc:
+            sock.close()
+            self.log.error("cannot set up TLS for a connection", error=repr(exc))
+            raise OSError(str(exc)) from exc
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Failed handshakes and hang-ups are expected: log them briefly, no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+            if isinstance(exc, ssl.SSLError):
+                with self._count_lock:
+                    self.refused_handshakes += 1
+            self.log.info(
+                "connection refused or dropped",
+                client=str(client_address[0]) if client_address else None,
+                error=getattr(exc, "reason", None) or type(exc).__name__,
+            )
+            return
+        self.log.exception("request handler crashed", client=str(client_address))
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "stackgen-metrics-adapter"
+    sys_version = ""
+    # Headers and body are separate writes: without TCP_NODELAY a keep-alive answer waits
+    # ~40 ms for Nagle's algorithm and the client's delayed ACK.
+    disable_nagle_algorithm = True
+    timeout = 120  # idle keep-alive connections are closed after this
+    server: AdapterServer
+
+    def setup(self) -> None:
+        conn: ssl.SSLSocket = self.request
+        conn.settimeout(_HANDSHAKE_TIMEOUT)
+        conn.do_handshake()
+        super().setup()
+
+    def _serve(self) -> None:
+        started = time.monotonic()
+        url = urlsplit(self.path)
+        path = url.path or "/"
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            self.close_connection = True
+            self._send(error_response(400, "request body too large"))
+            return
+        if length:
+            self.rfile.read(length)  # a read-only API: ignore it, keep the connection usable
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        user = None
+        if path.rstrip("/") not in PUBLIC_PATHS:
+            try:
+                user = authenticate(self.server.auth(), self.connection.getpeercert(), headers)
+            except Unauthenticated as exc:
+                self.server.log.info(
+                    "request refused",
+                    reason=str(exc),
+                    method=self.command,
+                    path=path,
+                    client=self.client_address[0],
+                )
+                self._send(error_response(401, "Unauthorized"))
+                return
+        response = self.server.app.handle(
+            self.command, path, parse_qs(url.query, keep_blank_values=True), headers
+        )
+        self._send(response)
+        self.server.log.debug(
+            "request",
+            method=self.command,
+            path=path,
+            query=url.query,
+            status=response.status,
+            user=user.name if user else None,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD" and response.body:
+            self.wfile.write(response.body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Request lines go through structlog (see ``_serve``), never to stderr raw."""
+
+
+# --------------------------------------------------------------------------- the process
+
+
+@dataclass(frozen=True)
+class RequestHeaderFlags:
+    """Front-proxy settings given on the command line instead of read from the cluster."""
+
+    client_ca_file: str
+    allowed_names: tuple[str, ...] = ()
+    username_headers: tuple[str, ...] = ("X-Remote-User",)
+    group_headers: tuple[str, ...] = ("X-Remote-Group",)
+    extra_headers_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
+    uid_headers: tuple[str, ...] = ("X-Remote-Uid",)
+
+    def load(self) -> RequestHeaderConfig:
+        """Read the CA file and build the settings."""
+        return RequestHeaderConfig.from_files(
+            self.client_ca_file,
+            allowed_names=self.allowed_names,
+            username_headers=self.username_headers,
+            group_headers=self.group_headers,
+            extra_headers_prefixes=self.extra_headers_prefixes,
+            uid_headers=self.uid_headers,
+        )
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Everything ``stackgen metrics-adapter`` is told."""
+
+    endpoint: str
+    token: str = field(repr=False)
+    bind_address: str = "0.0.0.0"
+    secure_port: int = 6443
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    poll_interval: float = 10.0
+    stale_intervals: int = 3
+    queues: tuple[str, ...] = ()
+    stack_key_prefix: str | None = None
+    requestheader: RequestHeaderFlags | None = None
+    kubeconfig: str | None = None
+    auth_refresh_seconds: float = 300.0
+
+
+def _thread_check(name: str, thread: threading.Thread) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return None if thread.is_alive() else f"the {name} thread has stopped"
+
+    return check
+
+
+def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``); the poller and auth reload run alongside."""
+    from stackgen.buildkite import AgentAPI
+
+    log = get_logger()
+    stop = stop or threading.Event()
+    store = MetricStore(
+        settings.queues, interval=settings.poll_interval, stale_intervals=settings.stale_intervals
+    )
+    client = AgentAPI(settings.endpoint, settings.token, timeout=10.0)
+    poller = Poller(
+        client,
+        store,
+        interval=settings.poll_interval,
+        queues=settings.queues,
+        stack_key_prefix=settings.stack_key_prefix,
+    )
+    if settings.requestheader is not None:
+        load = settings.requestheader.load
+        source = f"flags ({settings.requestheader.client_ca_file})"
+    else:
+        try:
+            read = kubernetes_configmap_reader(settings.kubeconfig)
+        except Exception as exc:  # no in-cluster config and no kubeconfig, or a bad one
+            raise AuthConfigError(f"cannot set up the Kubernetes client: {exc}") from exc
+
+        def load() -> RequestHeaderConfig:
+            return RequestHeaderConfig.from_configmap(read())
+
+        source = "ConfigMap kube-system/extension-apiserver-authentication"
+    auth = AuthConfigProvider(load, refresh_seconds=settings.auth_refresh_seconds)
+    if not auth.refresh():
+        log.error("front-proxy settings not loaded: refusing API requests", error=auth.error)
+    try:
+        tls = ServerTLS(
+            settings.tls_cert_file,
+            settings.tls_key_file,
+            auth.current,
+            self_signed_names=["stackgen-metrics-adapter", "localhost"],
+        )
+        tls.context()  # a broken certificate or key fails here, before serving
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(f"serving certificate {settings.tls_cert_file}: {exc}") from exc
+    if tls.self_signed:
+        log.warning(
+            "no serving certificate files: serving a self-signed certificate, which only an "
+            "APIService with insecureSkipTLSVerify accepts",
+            tls_cert_file=str(settings.tls_cert_file),
+        )
+    poll_thread = threading.Thread(target=poller.run, args=(stop,), name="poller", daemon=True)
+    auth_thread = threading.Thread(
+        target=auth.run, args=(stop, tls.invalidate), name="auth-refresh", daemon=True
+    )
+
+    def auth_ready() -> str | None:
+        if auth.current() is None:
+            return auth.error or "not loaded yet"
+        return None
+
+    app = AdapterAPI(
+        store,
+        live=[
+            ("poller", _thread_check("poller", poll_thread)),
+            ("auth-refresh", _thread_check("auth-refresh", auth_thread)),
+        ],
+        ready=[("front-proxy-settings", auth_ready)],
+    )
+    server = AdapterServer((settings.bind_address, settings.secure_port), app, tls, auth.current)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def watch_stop() -> None:
+        stop.wait()
+        server.shutdown()
+
+    threading.Thread(target=watch_stop, name="shutdown", daemon=True).start()
+    poll_thread.start()
+    auth_thread.start()
+    log.info(
+        "serving external metrics",
+        address=settings.bind_address,
+        port=server.port,
+        front_proxy_settings=source,
+        front_proxy_loaded=auth.current() is not None,
+        **poller.describe(),
+    )
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        stop.set()
+        server.server_close()
+        poll_thread.join(timeout=5)
+        client.close()
+        log.info("stopped")

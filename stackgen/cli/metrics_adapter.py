@@ -1,0 +1,205 @@
+"""``stackgen metrics-adapter``: the external-metrics API server for ``hpa`` queues."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from stackgen.cli import handle_errors
+from stackgen.errors import StackgenError
+
+DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@click.command("metrics-adapter")
+@click.option(
+    "--secure-port",
+    type=click.IntRange(0, 65535),
+    default=6443,
+    show_default=True,
+    help="HTTPS port (0: any free port).",
+)
+@click.option("--bind-address", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--tls-cert-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Serving certificate (PEM). Without it (or if absent) a self-signed one is used, "
+    "which only an APIService with insecureSkipTLSVerify accepts.",
+)
+@click.option(
+    "--tls-private-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Key of the serving certificate (PEM).",
+)
+@click.option(
+    "--endpoint",
+    envvar="BUILDKITE_AGENT_ENDPOINT",
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    show_envvar=True,
+    help="Buildkite agent API endpoint.",
+)
+@click.option(
+    "--poll-interval",
+    envvar="STACKGEN_POLL_INTERVAL_SECONDS",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between polls (longer when Buildkite's poll-duration header asks).",
+)
+@click.option(
+    "--queues",
+    envvar="STACKGEN_QUEUES",
+    default="",
+    show_envvar=True,
+    help="Comma-separated Buildkite queues always answered (others as Buildkite lists them).",
+)
+@click.option(
+    "--stale-after-intervals",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Answer an error, never a value, when the last successful poll is older than this "
+    "many poll intervals.",
+)
+@click.option(
+    "--stack-key-prefix",
+    envvar="STACKGEN_STACK_KEY_PREFIX",
+    default=None,
+    show_envvar=True,
+    help="Register Stacks API stacks <prefix>-<queue> to read the oldest scheduled job's age "
+    "(needs a cluster agent token). Off without it.",
+)
+@click.option(
+    "--requestheader-client-ca-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="CA that signs the aggregator's client certificate. Without it, the front-proxy "
+    "settings are read from ConfigMap kube-system/extension-apiserver-authentication.",
+)
+@click.option(
+    "--requestheader-allowed-names",
+    default="",
+    metavar="NAMES",
+    help="Comma-separated Common Names allowed for that certificate (empty: any).",
+)
+@click.option("--requestheader-username-headers", default="X-Remote-User", show_default=True)
+@click.option("--requestheader-group-headers", default="X-Remote-Group", show_default=True)
+@click.option("--requestheader-extra-headers-prefix", default="X-Remote-Extra-", show_default=True)
+@click.option("--requestheader-uid-headers", default="X-Remote-Uid", show_default=True)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Kubeconfig for reading the ConfigMap outside a cluster (default: in-cluster).",
+)
+@click.option(
+    "--auth-refresh-seconds",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="How often the front-proxy settings are reloaded.",
+)
+@click.option(
+    "--log-level",
+    envvar="STACKGEN_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    show_envvar=True,
+)
+@handle_errors
+def command(
+    secure_port: int,
+    bind_address: str,
+    tls_cert_file: Path | None,
+    tls_private_key_file: Path | None,
+    endpoint: str,
+    poll_interval: float,
+    queues: str,
+    stale_after_intervals: int,
+    stack_key_prefix: str | None,
+    requestheader_client_ca_file: str | None,
+    requestheader_allowed_names: str,
+    requestheader_username_headers: str,
+    requestheader_group_headers: str,
+    requestheader_extra_headers_prefix: str,
+    requestheader_uid_headers: str,
+    kubeconfig: str | None,
+    auth_refresh_seconds: float,
+    log_level: str,
+) -> None:
+    """Serve per-queue Buildkite metrics to HorizontalPodAutoscalers.
+
+    An external-metrics API server (external.metrics.k8s.io/v1beta1) behind the
+    Kubernetes API aggregator. It polls Buildkite's agent metrics endpoint and answers
+    buildkite_jobs_runnable, buildkite_agents_busy_percentage and friends per queue
+    (label `queue`). Only requests the aggregator proxies are served (front-proxy client
+    certificate checked against the request-header CA); see docs/metrics-adapter.md.
+
+    The agent token comes from the environment (BUILDKITE_AGENT_TOKEN), never a flag.
+
+    \b
+    Example (what the stack's Deployment runs):
+      BUILDKITE_AGENT_TOKEN=... STACKGEN_QUEUES=default,linux \\
+        stackgen metrics-adapter --secure-port=6443 \\
+          --tls-cert-file=/var/run/serving-cert/tls.crt \\
+          --tls-private-key-file=/var/run/serving-cert/tls.key
+    \b
+    Query it through the cluster:
+      kubectl get --raw \\
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/buildkite/buildkite_jobs_runnable?labelSelector=queue%3Ddefault"
+    """
+    import ssl
+
+    from stackgen import logs
+    from stackgen.adapter.auth import AuthConfigError
+    from stackgen.adapter.server import AdapterSettings, RequestHeaderFlags, run
+
+    token = os.environ.get("BUILDKITE_AGENT_TOKEN", "").strip()
+    if not token:
+        raise StackgenError("BUILDKITE_AGENT_TOKEN is not set: the adapter needs the agent token")
+    logs.register_secret(token)
+    logs.configure(log_level, component="metrics-adapter")
+    requestheader = None
+    if requestheader_client_ca_file:
+        requestheader = RequestHeaderFlags(
+            client_ca_file=requestheader_client_ca_file,
+            allowed_names=_csv(requestheader_allowed_names),
+            username_headers=_csv(requestheader_username_headers),
+            group_headers=_csv(requestheader_group_headers),
+            extra_headers_prefixes=_csv(requestheader_extra_headers_prefix),
+            uid_headers=_csv(requestheader_uid_headers),
+        )
+    settings = AdapterSettings(
+        endpoint=endpoint,
+        token=token,
+        bind_address=bind_address,
+        secure_port=secure_port,
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_private_key_file,
+        poll_interval=poll_interval,
+        stale_intervals=stale_after_intervals,
+        queues=_csv(queues),
+        stack_key_prefix=stack_key_prefix or None,
+        requestheader=requestheader,
+        kubeconfig=kubeconfig,
+        auth_refresh_seconds=auth_refresh_seconds,
+    )
+    try:
+        run(settings)
+    except (AuthConfigError, ValueError, ssl.SSLError) as exc:
+        raise StackgenError(f"metrics-adapter: {exc}") from exc
+    except OSError as exc:
+        raise StackgenError(
+            f"metrics-adapter: cannot listen on {bind_address}:{secure_port}: {exc}"
+        ) from exc
