@@ -428,13 +428,19 @@ def find_stack_file(overlay: Path) -> Path | None:
 
 
 def load_stack(
-    overlay: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+    overlay: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    checks: bool = True,
 ) -> Stack:
     """Load and fully check an overlay's ``stack.yaml``.
 
     Args:
         overlay: the overlay folder.
         environ: environment for ``env:`` secret sources (default: ``os.environ``).
+        checks: run :func:`stackgen.checks.check_stack` (cross-field rules, secret files).
+            Only the build pipeline turns this off: it runs those checks itself while
+            kustomize runs, and never prints a stack that fails them.
 
     Raises:
         ConfigError: with every problem found.
@@ -459,6 +465,8 @@ def load_stack(
     if problems:
         raise ConfigError(problems)
     stack = _from_dict(data, overlay_path, stack_file)
+    if not checks:
+        return stack
     # Imported here: the checks read files and parse keys; config stays importable alone.
     from stackgen.checks import check_stack
 

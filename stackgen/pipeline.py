@@ -3,6 +3,12 @@
 :func:`build` returns the manifest bytes only when every check passed; the CLI writes
 them to stdout afterwards, so on any error stdout stays empty and a pipe into
 ``kubectl apply`` applies nothing.
+
+The tools run in the background while Python works (bench/build measures this): the
+tools' version checks while the stack loads and composes; the secret-file checks, and
+kubeconform compiling the schemas of stackgen's kinds, while kustomize builds; YAML
+parsing and the policies while kubeconform validates.  Problems are reported exactly as
+if every step ran in turn.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,9 +35,16 @@ from stackgen.config import (
     find_stack_file,
     load_stack,
 )
-from stackgen.errors import BuildError, ConfigError, Problem
+from stackgen.errors import BuildError, ConfigError, Problem, ToolError
 from stackgen.policy import PolicyContext, literal_secret_problems
-from stackgen.validation import kubeconform_problems, policy_problems, raise_if, server_dry_run
+from stackgen.validation import (
+    KubeconformRun,
+    kubeconform_result,
+    policy_problems,
+    raise_if,
+    server_dry_run,
+    warm_kubeconform,
+)
 
 
 @dataclass
@@ -69,72 +83,120 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
 
     """
     options = options or BuildOptions()
+    tools.warm_up("kustomize", *(["kubeconform"] if options.validate else []))
     overlay_path = Path(overlay)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     stack_file = find_stack_file(overlay_path)
     notices: list[str] = []
     stack: Stack | None = None
+    source_problems: list[Problem] = []
     workdir = Path(tempfile.mkdtemp(prefix="stackgen-"))
+    cleanup: threading.Thread | None = None
+    pending: KubeconformRun | None = None
     try:
-        if stack_file is not None:
-            stack = load_stack(overlay_path, environ=options.environ)
-            timings["load"] = time.perf_counter() - started
-            raise_config(_source_secret_problems(_user_sources(stack)))
-            composed = compose(stack, workdir / "tree", environ=options.environ)
-            notices += composed.notices
-            build_root = composed.root
-            file = stack.file
-            version = options.kubernetes_version or stack.kubernetes_version
-            ctx = PolicyContext(
-                file=file,
-                dind_allowed=stack.uses_dind,
-                insecure_tls_allowed=stack.metrics_adapter.tls.insecure_skip_tls_verify,
-            )
-        else:
-            kfile = next(
-                overlay_path / n for n in KUSTOMIZATION_FILES if (overlay_path / n).is_file()
-            )
-            raise_config(_source_secret_problems(_kustomize_files(overlay_path, first=kfile)))
-            build_root = overlay_path
-            file = display_path(kfile)
-            version = options.kubernetes_version or DEFAULT_KUBERNETES_VERSION
-            ctx = PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True)
-        timings["compose"] = time.perf_counter() - started - sum(timings.values())
+        try:
+            if stack_file is not None:
+                stack = load_stack(overlay_path, environ=options.environ, checks=False)
+                timings["load"] = time.perf_counter() - started
+                source_problems = _source_secret_problems(_user_sources(stack))
+                try:
+                    composed = compose(stack, workdir / "tree", environ=options.environ)
+                except Exception:
+                    # What the checks say (a missing secret file, …) is the real problem.
+                    raise_config(_stack_checks(stack, options.environ))
+                    raise_config(source_problems)
+                    raise
+                notices += composed.notices
+                build_root = composed.root
+                file = stack.file
+                version = options.kubernetes_version or stack.kubernetes_version
+                ctx = PolicyContext(
+                    file=file,
+                    dind_allowed=stack.uses_dind,
+                    insecure_tls_allowed=stack.metrics_adapter.tls.insecure_skip_tls_verify,
+                )
+            else:
+                kfile = next(
+                    overlay_path / n for n in KUSTOMIZATION_FILES if (overlay_path / n).is_file()
+                )
+                raise_config(_source_secret_problems(_kustomize_files(overlay_path, first=kfile)))
+                build_root = overlay_path
+                file = display_path(kfile)
+                version = options.kubernetes_version or DEFAULT_KUBERNETES_VERSION
+                ctx = PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True)
+            timings["compose"] = time.perf_counter() - started - sum(timings.values())
 
-        manifest = run_kustomize(build_root, file, stack_overlay=stack.overlay if stack else None)
-        timings["kustomize"] = time.perf_counter() - started - sum(timings.values())
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            kustomize = start_kustomize(build_root)
+            tool_error: ToolError | None = None
+            try:
+                if stack is not None:  # cross-field rules and secret files, meanwhile
+                    raise_config(_stack_checks(stack, options.environ))
+                    raise_config(source_problems)
+                if options.validate:
+                    try:
+                        pending = warm_kubeconform(
+                            version, ignore_missing_schemas=options.ignore_missing_schemas
+                        )
+                    except ToolError as exc:  # reported after kustomize's own errors
+                        tool_error = exc
+            except BaseException:
+                kustomize.cancel()
+                raise
+            manifest = finish_kustomize(
+                kustomize, build_root, file, stack_overlay=stack.overlay if stack else None
+            )
+            if tool_error is not None:
+                raise tool_error
+            timings["kustomize"] = time.perf_counter() - started - sum(timings.values())
+        finally:
+            cleanup = threading.Thread(
+                target=shutil.rmtree, args=(workdir,), kwargs={"ignore_errors": True}, daemon=True
+            )
+            cleanup.start()
 
-    try:
-        objects = yamlio.load_fast_all(manifest)
-    except yaml.YAMLError as exc:  # kustomize output is always YAML; this is a bug
-        raise BuildError(Problem(file, "", f"kustomize printed unreadable YAML: {exc}")) from exc
-    result = BuildResult(
-        overlay=overlay_path,
-        manifest=manifest,
-        objects=objects,
-        stack=stack,
-        kubernetes_version=version,
-        notices=notices,
-        timings=timings,
-    )
-    if options.validate:
-        problems, summary = kubeconform_problems(
-            manifest, version, file, ignore_missing_schemas=options.ignore_missing_schemas
+        if pending is not None:
+            pending.validate(manifest)
+        try:
+            objects = yamlio.load_fast_all(manifest)
+        except yaml.YAMLError as exc:  # kustomize output is always YAML; this is a bug
+            raise BuildError(
+                Problem(file, "", f"kustomize printed unreadable YAML: {exc}")
+            ) from exc
+        result = BuildResult(
+            overlay=overlay_path,
+            manifest=manifest,
+            objects=objects,
+            stack=stack,
+            kubernetes_version=version,
+            notices=notices,
+            timings=timings,
         )
-        result.kubeconform_summary = summary
-        timings["kubeconform"] = time.perf_counter() - started - sum(timings.values())
-        problems += policy_problems(objects, ctx)
-        timings["policy"] = time.perf_counter() - started - sum(timings.values())
-        raise_if(problems)
+        if pending is not None:
+            policy = policy_problems(objects, ctx)
+            timings["policy"] = time.perf_counter() - started - sum(timings.values())
+            problems, summary = kubeconform_result(pending, version, file)
+            pending = None
+            result.kubeconform_summary = summary
+            timings["kubeconform"] = time.perf_counter() - started - sum(timings.values())
+            raise_if(problems + policy)
+    finally:
+        if pending is not None:
+            pending.cancel()
+        if cleanup is not None:
+            cleanup.join()
     if options.server_dry_run:
         problems, dry_notices = server_dry_run(objects, file)
         result.notices += dry_notices
         timings["server_dry_run"] = time.perf_counter() - started - sum(timings.values())
         raise_if(problems)
     return result
+
+
+def _stack_checks(stack: Stack, environ: Mapping[str, str] | None) -> list[Problem]:
+    from stackgen.checks import check_stack
+
+    return check_stack(stack, environ=os.environ if environ is None else environ)
 
 
 def raise_config(problems: list[Problem]) -> None:
@@ -145,12 +207,24 @@ def raise_config(problems: list[Problem]) -> None:
 
 def run_kustomize(root: Path, file: str, *, stack_overlay: Path | None = None) -> bytes:
     """``kustomize build`` one folder; failures become one-line BuildErrors."""
+    return finish_kustomize(start_kustomize(root), root, file, stack_overlay=stack_overlay)
+
+
+def start_kustomize(root: Path) -> tools.Running:
+    """Start ``kustomize build`` of one folder in the background."""
     tool = tools.kustomize()
     if tool.notice:
         from stackgen.output import notice
 
         notice(tool.notice)
-    proc = tools.run(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+    return tools.start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+
+
+def finish_kustomize(
+    running: tools.Running, root: Path, file: str, *, stack_overlay: Path | None = None
+) -> bytes:
+    """Wait for :func:`start_kustomize`; its failures become one-line BuildErrors."""
+    proc = running.wait()
     if proc.returncode != 0:
         text = proc.stderr.decode("utf-8", "replace")
         raise BuildError(_kustomize_problems(text, root, file, stack_overlay))

@@ -2,16 +2,21 @@
 
 Tools are looked up first in ``$STACKGEN_TOOLS_DIR/bin``, then in the checkout's
 ``.tools/bin`` (what ``bin/setup`` installs), then on ``PATH``.  Their versions are
-checked once per process.
+checked once per process, and :func:`warm_up` runs those checks in the background while
+stackgen loads and composes (they only wait on a subprocess).  :func:`start` runs a tool
+in the background, so the build does Python work while kustomize or kubeconform runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -72,9 +77,52 @@ def _parse_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-@cache
 def kustomize() -> Tool:
     """The standalone kustomize v5, or ``kubectl kustomize`` as a fallback."""
+    _settle()
+    return _find_kustomize()
+
+
+def kubeconform() -> Tool:
+    """kubeconform, which validates the built stack against offline schemas."""
+    _settle()
+    return _find_kubeconform()
+
+
+_warming: list[threading.Thread] = []
+
+
+def warm_up(*names: str) -> None:
+    """Locate and version-check these tools (``kustomize``, ``kubeconform``) in the background.
+
+    A failure is not reported here: the next :func:`kustomize` or :func:`kubeconform`
+    call finds it again and raises it.
+    """
+    finders: dict[str, Callable[[], Tool]] = {
+        "kustomize": _find_kustomize,
+        "kubeconform": _find_kubeconform,
+    }
+    for name in names:
+        thread = threading.Thread(
+            target=_quietly, args=(finders[name],), name=f"stackgen-find-{name}", daemon=True
+        )
+        thread.start()
+        _warming.append(thread)
+
+
+def _quietly(finder: Callable[[], Tool]) -> None:
+    # A failure is raised again by the caller's own lookup.
+    with contextlib.suppress(Exception):
+        finder()
+
+
+def _settle() -> None:
+    while _warming:
+        _warming.pop().join()
+
+
+@cache
+def _find_kustomize() -> Tool:
     path = which("kustomize")
     if path is not None:
         text = _run_version([str(path), "version"])
@@ -112,8 +160,7 @@ def kustomize() -> Tool:
 
 
 @cache
-def kubeconform() -> Tool:
-    """kubeconform, which validates the built stack against offline schemas."""
+def _find_kubeconform() -> Tool:
     path = which("kubeconform")
     if path is None:
         raise ToolError(
@@ -151,3 +198,100 @@ def run(
         raise ToolError(f"cannot run {tool.name}: {exc.strerror}") from exc
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"{tool.name} took longer than {timeout:.0f} s") from exc
+
+
+class Running:
+    """A tool running in the background; :meth:`wait` gives what :func:`run` would.
+
+    With ``open_stdin`` its input is given later: :meth:`write` some now, :meth:`finish`
+    with the rest (kubeconform validates documents as they arrive).
+    """
+
+    def __init__(
+        self,
+        tool: Tool,
+        args: list[str],
+        *,
+        stdin: bytes | None,
+        cwd: Path | None,
+        timeout: float,
+        open_stdin: bool = False,
+    ) -> None:
+        self.tool = tool
+        self._argv = [*tool.argv, *args]
+        self._timeout = timeout
+        try:
+            self._proc = subprocess.Popen(
+                self._argv,
+                stdin=subprocess.PIPE if stdin is not None or open_stdin else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise ToolError(f"cannot run {tool.name}: {exc.strerror}") from exc
+        self._result: subprocess.CompletedProcess[bytes] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if not open_stdin:
+            self.finish(stdin)
+
+    def write(self, data: bytes) -> None:
+        """Send input now (small amounts: the tool's output is read only after finish)."""
+        assert self._proc.stdin is not None and self._thread is None
+        with contextlib.suppress(BrokenPipeError):  # it died: wait() tells how
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+
+    def finish(self, data: bytes | None = None) -> None:
+        """Send the rest of the input, close it, and collect the output in the background."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._communicate, args=(data,), name=f"stackgen-{self.tool.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _communicate(self, stdin: bytes | None) -> None:
+        try:
+            out, err = self._proc.communicate(stdin, timeout=self._timeout)
+            self._result = subprocess.CompletedProcess(self._argv, self._proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.communicate()
+            self._error = ToolError(f"{self.tool.name} took longer than {self._timeout:.0f} s")
+        except BaseException as exc:  # handed to the thread that waits
+            self._proc.kill()
+            self._error = exc
+
+    def wait(self) -> subprocess.CompletedProcess[bytes]:
+        """The completed process (never raising on a non-zero exit)."""
+        self.finish()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop the tool (its result is not wanted any more)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            self._proc.communicate()
+
+
+def start(
+    tool: Tool,
+    args: list[str],
+    *,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    open_stdin: bool = False,
+) -> Running:
+    """Start a tool in the background (see :func:`run` and :class:`Running`)."""
+    return Running(tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin)

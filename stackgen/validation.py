@@ -44,6 +44,73 @@ def schema_root(kubernetes_version: str) -> Path:
     return target
 
 
+#: Kinds stackgen's bases and components make.  kubeconform compiles a kind's schema on
+#: its first document and keeps it, so the build feeds it one small document of each of
+#: these kinds while kustomize still runs; the stack's own documents then validate at once.
+#: Measured on the 20-queue bench stack: 0.35 s cold, 0.04 s warm (bench/build).
+_WARM_UP_DOCUMENTS: tuple[dict[str, Any], ...] = (
+    {"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"selector": {}, "template": {}}},
+    {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "spec": {"schedule": "@yearly", "jobTemplate": {}},
+    },
+    {"apiVersion": "v1", "kind": "ConfigMap"},
+    {"apiVersion": "v1", "kind": "Secret"},
+    {"apiVersion": "v1", "kind": "ServiceAccount"},
+    {"apiVersion": "v1", "kind": "Service"},
+    {"apiVersion": "v1", "kind": "Namespace"},
+    {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 1},
+    },
+    {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget"},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role"},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole"},
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "x"},
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "x"},
+    },
+    {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"},
+    {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "spec": {"groupPriorityMinimum": 1, "versionPriority": 1},
+    },
+)
+#: The name of every warm-up document: they are left out of the report.
+WARM_UP_NAME = "stackgen-kubeconform-warm-up"
+_SUMMARY_KEYS = {
+    "statusValid": "valid",
+    "statusInvalid": "invalid",
+    "statusError": "errors",
+    "statusSkipped": "skipped",
+}
+
+
+class KubeconformRun:
+    """A kubeconform process: possibly warming up, then validating one manifest."""
+
+    def __init__(self, running: tools.Running, warm_ups: int) -> None:
+        self.running = running
+        self.warm_ups = warm_ups
+
+    def validate(self, manifest: bytes) -> None:
+        """Send the manifest (after the warm-up documents) and let kubeconform finish."""
+        self.running.finish(b"---\n" + manifest if self.warm_ups else manifest)
+
+    def cancel(self) -> None:
+        """Stop kubeconform (its result is not wanted)."""
+        self.running.cancel()
+
+
 def kubeconform_problems(
     manifest: bytes,
     kubernetes_version: str,
@@ -52,7 +119,62 @@ def kubeconform_problems(
     ignore_missing_schemas: bool = False,
 ) -> tuple[list[Problem], dict[str, int]]:
     """Run ``kubeconform -strict`` over the manifest; return problems and its summary."""
-    tool = tools.kubeconform()
+    run = start_kubeconform(
+        manifest, kubernetes_version, ignore_missing_schemas=ignore_missing_schemas
+    )
+    return kubeconform_result(run, kubernetes_version, file)
+
+
+def start_kubeconform(
+    manifest: bytes, kubernetes_version: str, *, ignore_missing_schemas: bool = False
+) -> KubeconformRun:
+    """Start ``kubeconform -strict`` over the manifest in the background."""
+    return KubeconformRun(
+        tools.start(
+            tools.kubeconform(),
+            _kubeconform_args(kubernetes_version, ignore_missing_schemas),
+            stdin=manifest,
+        ),
+        0,
+    )
+
+
+def warm_kubeconform(
+    kubernetes_version: str, *, ignore_missing_schemas: bool = False
+) -> KubeconformRun:
+    """Start kubeconform before the manifest exists, compiling the schemas of stackgen's kinds.
+
+    Give it the manifest with :meth:`KubeconformRun.validate`.
+    """
+    root = schema_root(kubernetes_version)
+    folder = root / kubeschemas.version_dir_name(kubernetes_version)
+    documents = [d for d in _WARM_UP_DOCUMENTS if (folder / _schema_file(d)).is_file()]
+    running = tools.start(
+        tools.kubeconform(),
+        _kubeconform_args(kubernetes_version, ignore_missing_schemas, root=root),
+        open_stdin=True,
+    )
+    running.write(
+        b"".join(
+            b"---\n"
+            + json.dumps({**d, "metadata": {"name": WARM_UP_NAME}}, separators=(",", ":")).encode()
+            + b"\n"
+            for d in documents
+        )
+    )
+    return KubeconformRun(running, len(documents))
+
+
+def _schema_file(document: dict[str, Any]) -> str:
+    # kubeconform's file name for a kind: kind-group-version.json (group's first label).
+    group, _, version = str(document["apiVersion"]).rpartition("/")
+    kind = str(document["kind"]).lower()
+    return f"{kind}-{group.split('.')[0]}-{version}.json" if group else f"{kind}-{version}.json"
+
+
+def _kubeconform_args(
+    kubernetes_version: str, ignore_missing_schemas: bool, *, root: Path | None = None
+) -> list[str]:
     args = [
         "-strict",
         "-summary",
@@ -61,11 +183,18 @@ def kubeconform_problems(
         "-kubernetes-version",
         kubernetes_version,
         "-schema-location",
-        str(schema_root(kubernetes_version)),
+        str(root or schema_root(kubernetes_version)),
     ]
     if ignore_missing_schemas:
         args.append("-ignore-missing-schemas")
-    proc = tools.run(tool, [*args, "-"], stdin=manifest)
+    return [*args, "-"]
+
+
+def kubeconform_result(
+    run: KubeconformRun, kubernetes_version: str, file: str
+) -> tuple[list[Problem], dict[str, int]]:
+    """Wait for a kubeconform run; return its problems and summary."""
+    proc = run.running.wait()
     try:
         report = json.loads(proc.stdout or b"{}")
     except json.JSONDecodeError as exc:
@@ -73,8 +202,20 @@ def kubeconform_problems(
             f"kubeconform gave no JSON report (exit {proc.returncode}): "
             + proc.stderr.decode("utf-8", "replace").strip()[:300]
         ) from exc
+    summary = {k: int(v) for k, v in (report.get("summary") or {}).items()}
+    resources = report.get("resources") or []
+    if run.warm_ups:
+        ours = [r for r in resources if r.get("name") == WARM_UP_NAME]
+        resources = [r for r in resources if r.get("name") != WARM_UP_NAME]
+        for resource in ours:
+            key = _SUMMARY_KEYS.get(str(resource.get("status")))
+            if key in summary:
+                summary[key] -= 1
+        unlisted = run.warm_ups - len(ours)  # valid ones are not listed
+        if "valid" in summary:
+            summary["valid"] -= unlisted
     problems: list[Problem] = []
-    for resource in report.get("resources") or []:
+    for resource in resources:
         status = resource.get("status")
         if status not in ("statusInvalid", "statusError"):
             continue
@@ -100,7 +241,6 @@ def kubeconform_problems(
             f"kubeconform failed (exit {proc.returncode}): "
             + proc.stderr.decode("utf-8", "replace").strip()[:300]
         )
-    summary = {k: int(v) for k, v in (report.get("summary") or {}).items()}
     return problems, summary
 
 

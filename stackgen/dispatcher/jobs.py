@@ -11,12 +11,12 @@ still deletes them with the CronJob.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 from stackgen.dispatcher.config import QueueConfig
+from stackgen.dispatcher.kube import Kube
 from stackgen.dispatcher.planner import CreateJob, JobView
 
 JSON = dict[str, Any]
@@ -31,6 +31,9 @@ ANNOTATION_QUEUE = "stackgen.io/queue"
 OUR_JOBS = LABEL_DISPATCH_ID
 AGENT_CONTAINER = "agent"
 IDLE_FLAG = "--disconnect-after-idle-timeout"
+#: Pods are read for a Job this close to its pod start timeout, so a stuck Job's reason
+#: (Unschedulable, ErrImagePull, …) is known when the planner gives up on it.
+STUCK_MARGIN = 30.0
 
 
 def parse_time(value: Any) -> float:
@@ -73,7 +76,7 @@ def build_job(
     annotations["cronjob.kubernetes.io/instantiate"] = "manual"
     annotations[ANNOTATION_QUEUE] = queue.name
 
-    spec = copy.deepcopy(template["spec"])
+    spec = _copy_json(template["spec"])
     spec["parallelism"] = action.parallelism
     spec["completions"] = action.parallelism
     # One agent failing must not fail (and so stop) its siblings mid-build; exact-mode
@@ -139,6 +142,15 @@ def build_job(
     }
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (3x faster than copy.deepcopy: one per Job created)."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
+
+
 def acquisition_secret(job: JSON, token: str) -> JSON:
     """The Secret with an exact-mode agent's job-acquisition token, owned by its Job."""
     meta = job["metadata"]
@@ -197,6 +209,37 @@ def _without_idle_timeout(args: list[str]) -> list[str]:
 def _condition(job: JSON, kind: str) -> bool:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
+            return True
+    return False
+
+
+def list_views(kube: Kube, queues: dict[str, QueueConfig], now: float) -> list[JobView]:
+    """Our Jobs as the planner sees them; their pods are listed only when a view needs them.
+
+    ``status.ready`` of a Job counts its ready pods, so pods are read only when a Job's
+    status lacks that field while it has active pods (a cluster without it), or when a Job
+    nears its pod start timeout with no pod started (for the reason the planner reports).
+    Listing every pod every cycle was most of a cycle's time and memory at 10 000 Jobs
+    (bench/scale).
+    """
+    jobs = kube.list_jobs(OUR_JOBS)
+    views = job_views(jobs, (), queues)
+    if _pods_needed(jobs, views, queues, now):
+        views = job_views(jobs, kube.list_pods(OUR_JOBS), queues)
+    return views
+
+
+def _pods_needed(
+    jobs: list[JSON], views: list[JobView], queues: dict[str, QueueConfig], now: float
+) -> bool:
+    for job in jobs:
+        status = job.get("status") or {}
+        if status.get("ready") is None and int(status.get("active") or 0) > 0:
+            return True
+    for view in views:
+        if view.finished or view.started > 0:
+            continue
+        if now - view.created_at >= queues[view.queue].pod_start_timeout - STUCK_MARGIN:
             return True
     return False
 

@@ -16,6 +16,23 @@ from typing import Any, Protocol
 JSON = dict[str, Any]
 
 
+def slim_listed_job(job: JSON) -> JSON:
+    """A listed Job without what the dispatcher never reads from a listing.
+
+    The loop reads a listed Job's metadata (but not managedFields), its completions and
+    parallelism, and its status; the pod template and managedFields are most of its bytes.
+    Dropped as each page arrives, 10 000 listed Jobs take a fraction of the memory
+    (bench/scale).
+    """
+    meta = job.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    spec = job.get("spec")
+    if isinstance(spec, dict):
+        spec.pop("template", None)
+    return job
+
+
 class KubeError(Exception):
     """A Kubernetes API call failed."""
 
@@ -104,18 +121,21 @@ class ClientKube:
             raise KubeError(f"{type(exc).__name__}: {exc}") from exc
         return json.loads(data) if data else {}
 
-    def _items(self, method: Any, **kwargs: Any) -> list[JSON]:
+    def _items(self, method: Any, *, slim: Any = None, **kwargs: Any) -> list[JSON]:
         items: list[JSON] = []
         token = None
         while True:
             page = self._call(method, self.namespace, limit=500, _continue=token, **kwargs)
-            items.extend(page.get("items") or [])
+            page_items = page.get("items") or []
+            items.extend(map(slim, page_items) if slim else page_items)
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return items
 
     def list_jobs(self, selector: str) -> list[JSON]:
-        return self._items(self._batch.list_namespaced_job, label_selector=selector)
+        return self._items(
+            self._batch.list_namespaced_job, slim=slim_listed_job, label_selector=selector
+        )
 
     def list_pods(self, selector: str) -> list[JSON]:
         return self._items(self._core.list_namespaced_pod, label_selector=selector)

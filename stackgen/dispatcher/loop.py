@@ -23,10 +23,9 @@ from stackgen.config import queue_slug
 from stackgen.dispatcher import mirrors
 from stackgen.dispatcher.config import DispatcherConfig, QueueConfig
 from stackgen.dispatcher.jobs import (
-    OUR_JOBS,
     acquisition_secret,
     build_job,
-    job_views,
+    list_views,
 )
 from stackgen.dispatcher.kube import JSON, Kube, KubeError
 from stackgen.dispatcher.metrics import Metrics
@@ -195,17 +194,22 @@ class Dispatcher:
         result = "ok"
         try:
             demands, failed = self._demand(due, log)
-            views = self._views()
+            # Grouped once: each queue is planned from its own Jobs, not a scan of all.
+            views: dict[str, list[JobView]] = {}
+            for view in self._views():
+                views.setdefault(view.queue, []).append(view)
             if not self._recovered:
                 for name, memory in self.memory.items():
-                    remember_from_jobs(memory, [v for v in views if v.queue == name])
+                    remember_from_jobs(memory, views.get(name, []))
                 self._recovered = True
             for queue in due:
                 if queue.name in failed:
                     report.queues.append(QueueReport(queue.name, error=failed[queue.name]))
                     continue
                 report.queues.append(
-                    self._serve(queue, demands[queue.name], views, dispatch_id, log)
+                    self._serve(
+                        queue, demands[queue.name], views.get(queue.name, []), dispatch_id, log
+                    )
                 )
         except KubeError as exc:
             result = "error"
@@ -283,9 +287,7 @@ class Dispatcher:
         return self.registered[queue.name]
 
     def _views(self) -> list[JobView]:
-        jobs = self.kube.list_jobs(OUR_JOBS)
-        pods = self.kube.list_pods(OUR_JOBS)
-        return job_views(jobs, pods, self.queues)
+        return list_views(self.kube, self.queues, self.clock())
 
     def _due_after(self, queue: QueueConfig, seconds: float) -> None:
         self.next_due[queue.name] = self.clock() + seconds

@@ -1,0 +1,1 @@
+"""Shared code of stackgen's benchmarks (trace generator, simulator, stack generator)."""

@@ -1,0 +1,1 @@
+"""End-to-end tests on a real local control plane (kwokctl --runtime binary; see conftest.py)."""
