@@ -42,6 +42,12 @@ from typing import Any
 from bench.lib.common import percentile
 from bench.lib.trace import Trace
 from stackgen.dispatcher.config import QueueConfig
+from stackgen.dispatcher.loop import (
+    COOLDOWN_RECHECK,
+    CREATE_CONCURRENCY,
+    PICKUP_RECHECK,
+    expects_pickup,
+)
 from stackgen.dispatcher.planner import (
     CreateJob,
     DeleteJob,
@@ -157,8 +163,9 @@ class StackgenStrategy:
     pod_start_timeout: float = 300.0
     ttl_after_finished: float = 300.0
     idle_timeout: float = 60.0
-    #: What-if: Job (and Secret) creates in flight at once (the loop makes them one by one).
-    create_concurrency: int = 1
+    #: Job (and Secret) creates in flight at once: the loop's CREATE_CONCURRENCY for exact
+    #: mode; dispatch mode creates one Job per queue per cycle.
+    create_concurrency: int = CREATE_CONCURRENCY
     what_if: bool = False
     kind: str = "stackgen"
 
@@ -820,7 +827,7 @@ class Dispatcher:
         self.trigger_pending = False
         self.last_trigger_cycle = self.sim.now
         queues, self.triggered = self.triggered, set()
-        self.cycle(sorted(queues))
+        self.cycle(sorted(queues), announced=True)
 
     def _schedule_poll(self) -> None:
         at = min(self.next_due.values())
@@ -840,7 +847,7 @@ class Dispatcher:
             self._schedule_poll()
 
     # one cycle of the loop
-    def cycle(self, queues: list[str]) -> None:
+    def cycle(self, queues: list[str], *, announced: bool = False) -> None:
         sim, p = self.sim, self.sim.p
         sim.stats.cycles += 1
         dispatch_id = f"{next(self.ids):08x}"
@@ -864,7 +871,13 @@ class Dispatcher:
                 demand = Demand(scheduled=len(sim.waiting[queue]), running=sim.running[queue])
             views = [j.view() for j in self.kube_jobs[queue].values()]
             sim.stats.plan_calls += 1
-            plan = plan_queue(cfg, demand, views, self.memory[queue], sim.now, dispatch_id)
+            plan = plan_queue(
+                cfg, demand, views, self.memory[queue], sim.now, dispatch_id, announced=announced
+            )
+            if plan.cooldown:  # as the loop: a cooled queue is looked at again soon
+                self.next_due[queue] = min(self.next_due[queue], sim.now + COOLDOWN_RECHECK)
+            elif expects_pickup(cfg, demand, plan):
+                self.next_due[queue] = min(self.next_due[queue], sim.now + PICKUP_RECHECK)
             creates = [a for a in plan.actions if isinstance(a, CreateJob)]
             for action in plan.actions:
                 if isinstance(action, DeleteJob):
@@ -981,9 +994,9 @@ def default_strategies(poll_interval: float = 10.0, buffer: int = 2) -> list[Str
         replace(exact, name="stackgen exact, webhook", webhook=True),
         replace(
             exact,
-            name="what-if: exact, webhook, 10 creates in flight",
+            name="what-if: exact, webhook, creates one by one",
             webhook=True,
-            create_concurrency=10,
+            create_concurrency=1,
             what_if=True,
         ),
     ]

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,26 @@ from stackgen.dispatcher.planner import (
 
 #: Webhook-triggered cycles run at most this often (a burst of deliveries is one cycle).
 TRIGGER_GAP = 0.5
+#: A queue held by its cooldown is looked at again this soon, not at its next poll.
+COOLDOWN_RECHECK = 1.0
+#: A queue whose scheduled jobs were left to agents we already have (idle, or still
+#: starting) is looked at again this soon: if they do not take them (an agent just exited
+#: and Kubernetes had not caught up), agents are dispatched then, not at the next poll.
+PICKUP_RECHECK = 2.0
+#: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
+#: jobs then takes a fraction of a second, not one round trip per object in turn.
+CREATE_CONCURRENCY = 16
 MIRROR_PRUNE_EVERY = 60.0
+
+
+def expects_pickup(queue: QueueConfig, demand: Demand, plan: Plan) -> bool:
+    """Scheduled jobs were left to agents that are not busy (idle, or still starting)."""
+    return (
+        queue.mode == "dispatch"
+        and demand.scheduled > 0
+        and plan.agents_dispatched == 0
+        and plan.supply > demand.running
+    )
 
 
 def new_dispatch_id() -> str:
@@ -208,7 +228,12 @@ class Dispatcher:
                     continue
                 report.queues.append(
                     self._serve(
-                        queue, demands[queue.name], views.get(queue.name, []), dispatch_id, log
+                        queue,
+                        demands[queue.name],
+                        views.get(queue.name, []),
+                        dispatch_id,
+                        log,
+                        announced=trigger == "webhook",
                     )
                 )
         except KubeError as exc:
@@ -318,10 +343,16 @@ class Dispatcher:
         views: list[JobView],
         dispatch_id: str,
         log: Any,
+        *,
+        announced: bool = False,
     ) -> QueueReport:
         now = self.clock()
         memory = self.memory[queue.name]
-        plan = plan_queue(queue, demand, views, memory, now, dispatch_id)
+        plan = plan_queue(queue, demand, views, memory, now, dispatch_id, announced=announced)
+        if plan.cooldown:
+            self.next_due[queue.name] = min(self.next_due[queue.name], now + COOLDOWN_RECHECK)
+        elif expects_pickup(queue, demand, plan):
+            self.next_due[queue.name] = min(self.next_due[queue.name], now + PICKUP_RECHECK)
         report = QueueReport(queue.name, plan=plan)
         self.metrics.supply.labels(queue.name).set(plan.supply)
         self.metrics.unmet.labels(queue.name).set(max(0, plan.unmet))
@@ -444,10 +475,9 @@ class Dispatcher:
         by_job = {t.job_uuid: t for t in tokens}
         scheduled_at = {w.uuid: w.scheduled_at for w in demand.jobs}
         notes: list[tuple[str, str, str]] = []
-        for action in creates:
-            token = by_job.get(action.buildkite_job or "")
-            if token is None:
-                continue
+        started = [(a, by_job[a.buildkite_job]) for a in creates if a.buildkite_job in by_job]
+
+        def start(action: CreateJob, token: Any) -> CreateJob:
             body = build_job(
                 cronjob,
                 action,
@@ -462,6 +492,18 @@ class Dispatcher:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
+            return action
+
+        with ThreadPoolExecutor(max_workers=min(CREATE_CONCURRENCY, max(1, len(started)))) as pool:
+            futures = [pool.submit(start, action, token) for action, token in started]
+            done: list[CreateJob] = []
+            first_error: BaseException | None = None
+            for future in futures:
+                try:
+                    done.append(future.result())
+                except (KubeError, BuildkiteError) as exc:
+                    first_error = first_error or exc
+        for action in done:
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc()
             at = scheduled_at.get(action.buildkite_job or "")
             if at:
@@ -478,6 +520,8 @@ class Dispatcher:
                 self.api.notify(key, notes)
             except BuildkiteError as exc:  # a timeline note is not worth failing the cycle
                 self._buildkite_error(exc, log, "notifications")
+        if first_error is not None:
+            raise first_error  # the Jobs that were created stay; the rest are retried
 
     def _fail(self, queue: QueueConfig, action: FailJob, log: Any) -> None:
         key, _ = self._registration(queue)

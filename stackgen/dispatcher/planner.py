@@ -204,12 +204,19 @@ def plan_queue(
     memory: QueueMemory,
     now: float,
     dispatch_id: str,
+    *,
+    announced: bool = False,
 ) -> Plan:
-    """Decide what to do for one queue (mutates ``memory``)."""
+    """Decide what to do for one queue (mutates ``memory``).
+
+    ``announced``: a webhook just announced new jobs on this queue.  The cooldown holds
+    back dispatches while the previous one's agents start; it does not hold back agents
+    for jobs Buildkite has just announced, which no earlier dispatch was sized for.
+    """
     mine = sorted((j for j in jobs if j.queue == queue.name), key=lambda j: (j.created_at, j.name))
     if queue.mode == "exact":
         return _plan_exact(queue, demand, mine, memory, now, dispatch_id)
-    return _plan_dispatch(queue, demand, mine, memory, now, dispatch_id)
+    return _plan_dispatch(queue, demand, mine, memory, now, dispatch_id, announced)
 
 
 def _plan_dispatch(
@@ -219,6 +226,7 @@ def _plan_dispatch(
     memory: QueueMemory,
     now: float,
     dispatch_id: str,
+    announced: bool = False,
 ) -> Plan:
     plan = Plan(queue=queue.name)
     live: list[JobView] = []
@@ -256,14 +264,20 @@ def _plan_dispatch(
     if last is not None and not last.finished:
         needed = math.ceil(queue.cooldown_share * last.completions)
         age = now - last.created_at
-        if last.started < needed and age < queue.cooldown_timeout:
+        if last.started >= needed:
+            pass
+        elif announced:
+            plan.notes.append(
+                f"cooldown of {last.dispatch_id} skipped: a webhook announced new jobs"
+            )
+        elif age < queue.cooldown_timeout:
             plan.cooldown = True
             plan.notes.append(
                 f"cooldown: {last.started}/{last.completions} agents of {last.dispatch_id} "
                 f"started, waiting for {needed}"
             )
             return plan
-        if last.started < needed and memory.cooldown_warned_for != last.dispatch_id:
+        elif memory.cooldown_warned_for != last.dispatch_id:
             memory.cooldown_warned_for = last.dispatch_id
             plan.notes.append(
                 f"cooldown timed out after {age:.0f}s with {last.started}/{last.completions} "

@@ -485,7 +485,7 @@ def test_webhook_triggers_dispatch_before_the_next_poll(
     with Agents(cluster, fake, stack.namespace) as agents:
         builds: list[str] = []
         deploys: list[str] = []
-        for round_ in range(4):
+        for round_ in range(8):
             for queue, bucket in (("builds", builds), ("deploy", deploys)):
                 (uuid,) = fake.add_jobs(queue, 1)
                 bucket.append(uuid)

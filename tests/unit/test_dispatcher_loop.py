@@ -417,3 +417,55 @@ def test_metrics_exposed(buildkite: FakeBuildkite, kube: FakeKube, clock: Virtua
     assert 'stackgen_queue_scheduled_jobs{queue="builds"} 2.0' in text
     assert 'stackgen_agents_dispatched_total{mode="dispatch",queue="builds"} 3.0' in text
     assert "stackgen_cycle_duration_seconds_count 1.0" in text
+
+
+def test_cooled_queue_is_rechecked_within_a_second(
+    buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    buildkite.add_jobs("builds", 4)
+    dispatcher = make(buildkite, kube, clock)
+    dispatcher.run_cycle("poll")
+    kube.run_job_controller(start=False)  # the first dispatch's pods are still pending
+    buildkite.add_jobs("builds", 4)
+    clock.advance(11)
+    report = dispatcher.run_cycle("poll")
+    (builds,) = [q for q in report.queues if q.queue == "builds"]
+    assert builds.plan is not None and builds.plan.cooldown
+    assert dispatcher.next_due["builds"] <= clock() + 1.0
+
+
+def test_exact_fan_out_is_created_concurrently(
+    buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    import threading
+    import time as real_time
+
+    config = from_dict(config_dict())
+    config = type(config)(
+        **{
+            **config.__dict__,
+            "queues": tuple(type(q)(**{**q.__dict__, "max_agents": 50}) for q in config.queues),
+        }
+    )
+    buildkite.add_jobs("deploy", 40)
+    dispatcher = make(buildkite, kube, clock, config=config)
+    in_flight = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    real_create = kube.create_job
+
+    def slow_create(body: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        real_time.sleep(0.02)
+        try:
+            return real_create(body)
+        finally:
+            with lock:
+                in_flight["now"] -= 1
+
+    kube.create_job = slow_create  # type: ignore[method-assign]
+    dispatcher.run_cycle("poll")
+    assert len(jobs_of(kube, "deploy")) == 40
+    assert len([s for s in kube.objects["secrets"] if s.endswith("-acquire")]) == 40
+    assert in_flight["max"] > 1

@@ -272,3 +272,15 @@ def test_remember_from_jobs_after_restart() -> None:
         memory, [job(dispatch_id="old", created_at=1), job(dispatch_id="new", created_at=2)]
     )
     assert memory.last_dispatch_id == "new" and memory.last_dispatch_at == 2
+
+
+def test_webhook_announced_jobs_are_not_held_by_the_cooldown() -> None:
+    starting = [job(completions=6, ready=1)]
+    held = plan_queue(DISPATCH, Demand(scheduled=10), starting, QueueMemory(), NOW, "aaaa1111")
+    assert held.cooldown and creates(held.actions) == []
+    plan = plan_queue(
+        DISPATCH, Demand(scheduled=10), starting, QueueMemory(), NOW, "aaaa1112", announced=True
+    )
+    assert not plan.cooldown
+    assert [c.parallelism for c in creates(plan.actions)] == [6]  # 10 - 6 supply + buffer 2
+    assert any("skipped: a webhook announced new jobs" in n for n in plan.notes)
