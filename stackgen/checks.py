@@ -145,7 +145,12 @@ def _read_secret(
     return data, []
 
 
-def _text(data: bytes, file: str, field: str) -> tuple[str | None, list[Problem]]:
+def _read_text(
+    overlay: Path, path: Path, file: str, field: str
+) -> tuple[str | None, list[Problem]]:
+    data, problems = _read_secret(overlay, path, file, field)
+    if data is None:
+        return None, problems
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError:
@@ -182,10 +187,7 @@ def _secret_source_problems(
     file = stack.file
     if file_path is not None:
         field = f"{source_field}.file"
-        data, problems = _read_secret(stack.overlay, file_path, file, field)
-        if data is None:
-            return problems
-        text, problems = _text(data, file, field)
+        text, problems = _read_text(stack.overlay, file_path, file, field)
         if text is None:
             return problems
         return token_problems(text, file, field)
@@ -219,10 +221,7 @@ def _secret_checks(stack: Stack, environ: Mapping[str, str]) -> Iterator[Problem
 def git_credentials_problems(stack: Stack, path: Path) -> list[Problem]:
     """Every line of a git-credentials file must be ``scheme://USER:TOKEN@HOST[/path]``."""
     file, field = stack.file, "secrets.gitCredentials.file"
-    data, problems = _read_secret(stack.overlay, path, file, field)
-    if data is None:
-        return problems
-    text, problems = _text(data, file, field)
+    text, problems = _read_text(stack.overlay, path, file, field)
     if text is None:
         return problems
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
@@ -306,10 +305,7 @@ def known_hosts_problems(stack: Stack, path: Path) -> list[Problem]:
     from cryptography.hazmat.primitives import serialization
 
     file, field = stack.file, "secrets.sshKey.knownHostsFile"
-    data, problems = _read_secret(stack.overlay, path, file, field)
-    if data is None:
-        return problems
-    text, problems = _text(data, file, field)
+    text, problems = _read_text(stack.overlay, path, file, field)
     if text is None:
         return problems
     entries = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import threading
 import time
 import uuid
@@ -415,18 +416,18 @@ class Dispatcher:
         mirror = next((m for m in self.config.mirrors if m.name == queue.git_mirror), None)
         if mirror is not None:
             claim = mirrors.newest_ready_claim(self.kube, mirror.name)
+        make = functools.partial(
+            build_job,
+            cronjob,
+            queue=queue,
+            mirror_claim=claim,
+            mirror_path=mirror.mount_path if mirror else None,
+        )
         if queue.mode == "exact":
-            self._create_exact(queue, creates, cronjob, claim, mirror, demand, report, log)
+            self._create_exact(queue, creates, make, demand, report, log)
             return
         for action in creates:
-            body = build_job(
-                cronjob,
-                action,
-                queue,
-                mirror_claim=claim,
-                mirror_path=mirror.mount_path if mirror else None,
-            )
-            self._create(body, report)
+            self._create(make(action), report)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
 
     def _create(self, body: JSON, report: QueueReport) -> JSON:
@@ -444,9 +445,7 @@ class Dispatcher:
         self,
         queue: QueueConfig,
         creates: list[CreateJob],
-        cronjob: JSON,
-        claim: str | None,
-        mirror: Any,
+        make: Callable[[CreateJob], JSON],
         demand: Demand,
         report: QueueReport,
         log: Any,
@@ -478,13 +477,7 @@ class Dispatcher:
         started = [(a, by_job[a.buildkite_job]) for a in creates if a.buildkite_job in by_job]
 
         def start(action: CreateJob, token: Any) -> CreateJob:
-            body = build_job(
-                cronjob,
-                action,
-                queue,
-                mirror_claim=claim,
-                mirror_path=mirror.mount_path if mirror else None,
-            )
+            body = make(action)
             created = self._create(body, report)
             body["metadata"]["uid"] = (created.get("metadata") or {}).get("uid", "")
             try:
