@@ -356,24 +356,30 @@ def _adapter_checks(stack: Stack) -> Iterator[Problem]:
         "keyFile": tls.key_file,
     }
     any_files = any(v is not None for v in given.values())
-    if tls.insecure_skip_tls_verify and any_files:
-        yield Problem(
-            file,
-            "metricsAdapter.tls",
-            "set either the certificate files or insecureSkipTLSVerify, not both",
+    ways = [
+        name
+        for name, used in (
+            ("the certificate files", any_files),
+            ("certManager", tls.cert_manager is not None),
+            ("insecureSkipTLSVerify", tls.insecure_skip_tls_verify),
         )
+        if used
+    ]
+    if len(ways) > 1:
+        yield Problem(file, "metricsAdapter.tls", f"set one way only, not {' and '.join(ways)}")
         return
     if not stack.hpa_queues:
         return
-    if not any_files and not tls.insecure_skip_tls_verify:
+    if not ways:
         yield Problem(
             file,
             "metricsAdapter.tls",
             "hpa queues need the adapter's serving certificate (caFile, certFile, keyFile; "
-            "`stackgen init` makes them) or the explicit opt-in insecureSkipTLSVerify: true",
+            "`stackgen init` makes them), a certManager issuer, or the explicit opt-in "
+            "insecureSkipTLSVerify: true",
         )
         return
-    if tls.insecure_skip_tls_verify:
+    if not any_files:
         return
     for key, value in given.items():
         if value is None:

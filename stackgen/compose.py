@@ -414,13 +414,25 @@ def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = Non
         }
 
     adapter_tls = None
+    generated_resources: list[str] = []
     if stack.hpa_queues:
         tls = stack.metrics_adapter.tls
         if tls.insecure_skip_tls_verify:
-            _write(stack_dir / "patches/apiservice-tls.yaml", yamlio.dump(_apiservice_patch(None)))
+            _write(
+                stack_dir / "patches/apiservice-tls.yaml",
+                yamlio.dump(_apiservice_patch(insecure=True)),
+            )
             composed.notices.append(
                 "the metrics adapter's APIService skips TLS verification "
                 "(metricsAdapter.tls.insecureSkipTLSVerify: true)"
+            )
+        elif tls.cert_manager is not None:
+            _write(stack_dir / "metrics-adapter-certificate.yaml", yamlio.dump(_certificate(stack)))
+            generated_resources.append("metrics-adapter-certificate.yaml")
+            inject = f"{stack.namespace}/{ADAPTER_CERTIFICATE}"
+            _write(
+                stack_dir / "patches/apiservice-tls.yaml",
+                yamlio.dump(_apiservice_patch(inject_from=inject)),
             )
         else:
             assert tls.ca_file and tls.cert_file and tls.key_file
@@ -429,7 +441,10 @@ def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = Non
                 "key": _overlay_rel(stack, tls.key_file),
             }
             ca = tls.ca_file.read_bytes()
-            _write(stack_dir / "patches/apiservice-tls.yaml", yamlio.dump(_apiservice_patch(ca)))
+            _write(
+                stack_dir / "patches/apiservice-tls.yaml",
+                yamlio.dump(_apiservice_patch(ca_bundle=ca)),
+            )
         patches.append({"path": "patches/apiservice-tls.yaml", "target": None})
         _write(
             stack_dir / "patches/metrics-adapter.yaml",
@@ -509,6 +524,7 @@ def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = Non
             git_mirrors=stack.git_mirrors,
             dind_queues=dind_queues,
             components=components,
+            generated_resources=generated_resources,
             user_resources=[
                 _overlay_rel(stack, stack.overlay / p) for p in stack.kustomize.resources
             ],
@@ -590,19 +606,56 @@ def _webhook_patch(secret_name: str, key: str) -> dict[str, Any]:
     }
 
 
-def _apiservice_patch(ca_bundle: bytes | None) -> dict[str, Any]:
-    spec: dict[str, Any]
+#: cert-manager's Certificate (and the Secret it writes) for the adapter.
+ADAPTER_CERTIFICATE = "stackgen-metrics-adapter"
+
+
+def _apiservice_patch(
+    *, ca_bundle: bytes | None = None, insecure: bool = False, inject_from: str | None = None
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
     metadata: dict[str, Any] = {"name": "v1beta1.external.metrics.k8s.io"}
-    if ca_bundle is None:
-        spec = {"insecureSkipTLSVerify": True}
+    if insecure:
+        spec["insecureSkipTLSVerify"] = True
         metadata["annotations"] = {"stackgen.io/insecure-skip-tls-verify": "opted-in"}
-    else:
-        spec = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
-    return {
+    elif inject_from:
+        # cert-manager's cainjector fills spec.caBundle from the Certificate's CA.
+        metadata["annotations"] = {"cert-manager.io/inject-ca-from": inject_from}
+    elif ca_bundle is not None:
+        spec["caBundle"] = base64.b64encode(ca_bundle).decode("ascii")
+    body: dict[str, Any] = {
         "apiVersion": "apiregistration.k8s.io/v1",
         "kind": "APIService",
         "metadata": metadata,
-        "spec": spec,
+    }
+    if spec:
+        body["spec"] = spec
+    return body
+
+
+def _certificate(stack: Stack) -> dict[str, Any]:
+    from stackgen.certs import service_names
+
+    issuer = stack.metrics_adapter.tls.cert_manager
+    assert issuer is not None
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {
+            "name": ADAPTER_CERTIFICATE,
+            "labels": {
+                "app.kubernetes.io/name": "stackgen-metrics-adapter",
+                "app.kubernetes.io/component": "serving-cert",
+            },
+        },
+        "spec": {
+            # The name the adapter Deployment mounts.
+            "secretName": "stackgen-metrics-adapter-tls",
+            "dnsNames": service_names(stack.namespace),
+            "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+            "usages": ["server auth", "digital signature", "key encipherment"],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        },
     }
 
 

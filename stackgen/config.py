@@ -248,6 +248,15 @@ class DispatcherSettings:
 
 
 @dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager issuer."""
+
+    name: str
+    kind: str = "Issuer"
+    group: str = "cert-manager.io"
+
+
+@dataclass(frozen=True)
 class AdapterTls:
     """How the API aggregator trusts the metrics adapter."""
 
@@ -255,6 +264,7 @@ class AdapterTls:
     cert_file: Path | None
     key_file: Path | None
     insecure_skip_tls_verify: bool
+    cert_manager: IssuerRef | None = None
 
 
 @dataclass(frozen=True)
@@ -563,6 +573,9 @@ def _from_dict(data: dict[str, Any], overlay: Path, source: Path) -> Stack:
             cert_file=overlay / tls["certFile"] if "certFile" in tls else None,
             key_file=overlay / tls["keyFile"] if "keyFile" in tls else None,
             insecure_skip_tls_verify=tls.get("insecureSkipTLSVerify", False),
+            cert_manager=(
+                IssuerRef(**tls["certManager"]["issuerRef"]) if "certManager" in tls else None
+            ),
         ),
     )
 

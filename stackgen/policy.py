@@ -147,9 +147,20 @@ def _apiservice_tls(obj: dict[str, Any], ctx: PolicyContext) -> Iterator[Problem
     if obj.get("kind") != "APIService":
         return
     spec = obj.get("spec") or {}
-    if not spec.get("insecureSkipTLSVerify"):
-        return
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if not spec.get("insecureSkipTLSVerify"):
+        if (
+            spec.get("service")
+            and not spec.get("caBundle")
+            and not annotations.get("cert-manager.io/inject-ca-from")
+        ):
+            yield Problem(
+                ctx.file,
+                f"{object_id(obj)}: spec.caBundle",
+                "the aggregator cannot verify the adapter: give a caBundle (metricsAdapter.tls) "
+                "or let cert-manager inject one",
+            )
+        return
     opted_in = ctx.insecure_tls_allowed and annotations.get(INSECURE_OPT_IN) == "opted-in"
     if not opted_in:
         yield Problem(

@@ -461,3 +461,15 @@ def test_debug_shows_traceback(stackgen: Callable[..., Run], tmp_path: Path) -> 
     run = stackgen("--debug", "build", str(tmp_path / "nope"))
     assert run.code != 0
     assert "Traceback" in run.stderr
+
+
+def test_adapter_tls_ways_are_exclusive(stackgen: Callable[..., Run], example: Path) -> None:
+    set_stack(
+        example,
+        "metricsAdapter:\n  tls:\n",
+        "metricsAdapter:\n  tls:\n    insecureSkipTLSVerify: true\n",
+    )
+    assert_rejected(
+        stackgen("build", str(example)),
+        "metricsAdapter.tls: set one way only, not the certificate files and insecureSkipTLSVerify",
+    )

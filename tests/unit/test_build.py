@@ -279,3 +279,26 @@ def test_library_api(minimal: Path) -> None:
         stackgen.load_stack(minimal / "missing")
     assert isinstance(info.value, stackgen.StackgenError)
     assert str(info.value.problems[0]).endswith("no such overlay folder")
+
+
+def test_cert_manager_issues_the_adapter_certificate(example: Path) -> None:
+    text = (example / "stack.yaml").read_text()
+    start = text.index("metricsAdapter:")
+    end = text.index("kustomize:")
+    text = (
+        text[:start]
+        + "metricsAdapter:\n  tls:\n    certManager:\n      issuerRef: {name: ca, kind: ClusterIssuer}\n\n"
+        + text[end:]
+    )
+    (example / "stack.yaml").write_text(text)
+    result = build(example)  # kubeconform validates the Certificate with cert-manager's CRD schema
+    assert result.kubeconform_summary["invalid"] == 0
+    (cert,) = by_kind(result.objects, "Certificate").values()
+    assert cert["spec"]["secretName"] == "stackgen-metrics-adapter-tls"
+    assert "stackgen-metrics-adapter.buildkite.svc" in cert["spec"]["dnsNames"]
+    api = by_kind(result.objects, "APIService")["v1beta1.external.metrics.k8s.io"]
+    assert api["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        "buildkite/stackgen-metrics-adapter"
+    )
+    assert "caBundle" not in api["spec"] and "insecureSkipTLSVerify" not in api["spec"]
+    assert not [s for s in by_kind(result.objects, "Secret") if "metrics-adapter-tls" in s]

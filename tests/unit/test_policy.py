@@ -159,3 +159,16 @@ def test_insecure_apiservice_needs_opt_in() -> None:
     assert messages([opted])  # the annotation alone is not enough in a stack without the flag
     allowed = PolicyContext(file="stack.yaml", dind_allowed=False, insecure_tls_allowed=True)
     assert messages([opted], allowed) == []
+
+
+def test_apiservice_without_a_way_to_verify_the_adapter() -> None:
+    api = {
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+        "spec": {"service": {"name": "adapter", "namespace": "x"}},
+    }
+    (message,) = messages([api])
+    assert "the aggregator cannot verify the adapter" in message
+    injected = copy.deepcopy(api)
+    injected["metadata"]["annotations"] = {"cert-manager.io/inject-ca-from": "x/cert"}
+    assert messages([injected]) == []
