@@ -46,6 +46,7 @@ from stackgen.dispatcher.loop import (
     COOLDOWN_RECHECK,
     CREATE_CONCURRENCY,
     PICKUP_RECHECK,
+    TRIGGER_GAP,
     expects_pickup,
 )
 from stackgen.dispatcher.planner import (
@@ -775,8 +776,7 @@ class Dispatcher:
         self.next_due = dict.fromkeys(sim.queues, sim.now)
         self.ids = itertools.count(1)
         self.triggered: set[str] = set()
-        self.trigger_pending = False
-        self.last_trigger_cycle = -math.inf
+        self.last_triggered: dict[str, float] = {}
         self.poll_scheduled_for: float | None = None
         self.controller_free = [0.0] * sim.p.controller_workers
 
@@ -817,17 +817,25 @@ class Dispatcher:
 
     # triggers
     def on_webhook(self, queue: str) -> None:
+        # As the loop: one webhook cycle per queue per TRIGGER_GAP; queues do not wait
+        # for each other.
         self.triggered.add(queue)
-        if not self.trigger_pending:
-            self.trigger_pending = True
-            at = max(self.sim.now, self.last_trigger_cycle + 0.5)
-            self.sim.at(at, self._triggered_cycle)
+        at = max(self.sim.now, self.last_triggered.get(queue, -math.inf) + TRIGGER_GAP)
+        self.sim.at(at, self._triggered_cycle)
 
     def _triggered_cycle(self) -> None:
-        self.trigger_pending = False
-        self.last_trigger_cycle = self.sim.now
-        queues, self.triggered = self.triggered, set()
-        self.cycle(sorted(queues), announced=True)
+        now = self.sim.now
+        ready = {
+            q
+            for q in self.triggered
+            if now - self.last_triggered.get(q, -math.inf) >= TRIGGER_GAP - 1e-9
+        }
+        if not ready:
+            return
+        self.triggered -= ready
+        for queue in ready:
+            self.last_triggered[queue] = now
+        self.cycle(sorted(ready), announced=True)
 
     def _schedule_poll(self) -> None:
         at = min(self.next_due.values())

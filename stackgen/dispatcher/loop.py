@@ -45,7 +45,8 @@ from stackgen.dispatcher.planner import (
     remember_from_jobs,
 )
 
-#: Webhook-triggered cycles run at most this often (a burst of deliveries is one cycle).
+#: Webhook-triggered cycles run at most this often per queue (a burst of deliveries for
+#: one queue is one cycle; other queues do not wait for it).
 TRIGGER_GAP = 0.5
 #: A queue held by its cooldown is looked at again this soon, not at its next poll.
 COOLDOWN_RECHECK = 1.0
@@ -135,7 +136,7 @@ class Dispatcher:
         self._trigger_all = False
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._last_trigger_cycle = 0.0
+        self._last_triggered: dict[str, float] = {}
         self._last_prune = 0.0
         self.last_loop = clock()
         self.last_success: float | None = None
@@ -152,12 +153,28 @@ class Dispatcher:
                 self._trigger_all = True
         self._wake.set()
 
-    def _take_triggers(self) -> tuple[set[str], bool]:
+    def _ready_triggers(self, now: float) -> set[str]:
+        """Queues a webhook named whose last webhook cycle is at least TRIGGER_GAP ago.
+
+        A burst of deliveries for one queue becomes one cycle per TRIGGER_GAP; a delivery
+        for another queue does not wait for it.  The rest stay pending.
+        """
         with self._lock:
-            queues, everything = self._triggered, self._trigger_all
-            self._triggered, self._trigger_all = set(), False
-            self._wake.clear()
-        return queues, everything
+            pending = set(self.queues) if self._trigger_all else set(self._triggered)
+            ready = {q for q in pending if now - self._last_triggered.get(q, -1e18) >= TRIGGER_GAP}
+            self._triggered = pending - ready
+            self._trigger_all = False
+            if not self._triggered:
+                self._wake.clear()
+        for queue in ready:
+            self._last_triggered[queue] = now
+        return ready
+
+    def _pending_trigger_at(self) -> float | None:
+        with self._lock:
+            pending = set(self._triggered)
+        times = [self._last_triggered.get(q, -1e18) + TRIGGER_GAP for q in pending]
+        return min(times) if times else None
 
     def forget_state(self) -> None:
         """Drop in-memory state (on losing leadership): a new leader rebuilds it from Jobs."""
@@ -170,28 +187,19 @@ class Dispatcher:
         """Dispatch until ``stop`` is set."""
         while not stop.is_set():
             self.last_loop = self.clock()
-            due_at = min(self.next_due.values(), default=self.clock() + 1.0)
-            timeout = max(0.0, min(due_at - self.clock(), 1.0))
-            self._wake.wait(timeout)
+            wake_at = min(self.next_due.values(), default=self.clock() + 1.0)
+            pending = self._pending_trigger_at()
+            if pending is not None:
+                wake_at = min(wake_at, pending)
+            self._wake.wait(max(0.0, min(wake_at - self.clock(), 1.0)))
             if stop.is_set():
                 break
-            if not self.is_leader():
-                self._take_triggers()
-                continue
-            queues, everything = self._take_triggers()
             now = self.clock()
-            if queues or everything:
-                gap = self._last_trigger_cycle + TRIGGER_GAP - now
-                if gap > 0:
-                    stop.wait(gap)
-                    with self._lock:
-                        self._triggered |= queues
-                        self._trigger_all |= everything
-                        queues, everything = self._triggered, self._trigger_all
-                        self._triggered, self._trigger_all = set(), False
-                self._last_trigger_cycle = self.clock()
-                only = set(self.queues) if everything else queues
-                self.run_cycle("webhook", only)
+            ready = self._ready_triggers(now)
+            if not self.is_leader():
+                continue  # followers forward webhooks; the leader dispatches
+            if ready:
+                self.run_cycle("webhook", ready)
             elif any(self.clock() >= due for due in self.next_due.values()):
                 self.run_cycle("poll")
             if self.config.mirrors and self.clock() - self._last_prune > MIRROR_PRUNE_EVERY:
