@@ -27,21 +27,17 @@ def service_names(namespace: str) -> list[str]:
     ]
 
 
-def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> dict[str, Path]:
-    """Write ca.crt, tls.crt and tls.key (mode 0600) into ``dest``; return their paths."""
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    not_before = now - dt.timedelta(minutes=5)
-    not_after = now + dt.timedelta(days=days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"stackgen metrics adapter CA ({namespace})")]
-    )
-    ca = (
+def make_ca(
+    common_name: str, *, not_before: dt.datetime, not_after: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA (ECDSA P-256) that may sign leaf certificates only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
@@ -60,30 +56,59 @@ def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> di
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def make_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
+    sans: list[x509.GeneralName] | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate (ECDSA P-256) signed by ``ca_key`` for one extended key usage."""
     key = ec.generate_private_key(ec.SECP256R1())
-    names = service_names(namespace)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[2])]))
-        .issuer_name(ca_name)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .sign(ca_key, hashes.SHA256())
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> dict[str, Path]:
+    """Write ca.crt, tls.crt and tls.key (mode 0600) into ``dest``; return their paths."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    not_before = now - dt.timedelta(minutes=5)
+    not_after = now + dt.timedelta(days=days)
+    ca, ca_key = make_ca(
+        f"stackgen metrics adapter CA ({namespace})", not_before=not_before, not_after=not_after
+    )
+    names = service_names(namespace)
+    cert, key = make_leaf(
+        ca,
+        ca_key,
+        names[2],
+        not_before=not_before,
+        not_after=not_after,
+        sans=[x509.DNSName(n) for n in names],
     )
     dest.mkdir(parents=True, exist_ok=True)
     paths = {"ca": dest / "ca.crt", "cert": dest / "tls.crt", "key": dest / "tls.key"}

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from stackgen import certs
 from stackgen.adapter.api import AdapterAPI
 from stackgen.adapter.auth import (
     AuthConfigError,
@@ -69,32 +70,8 @@ class Pair:
 
 
 def make_ca(cn: str) -> Pair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+    cert, key = certs.make_ca(
+        cn, not_before=NOW - dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=30)
     )
     return Pair(cert, key)
 
@@ -107,21 +84,16 @@ def make_leaf(
     sans: list[x509.GeneralName] | None = None,
     not_after: dt.datetime | None = None,
 ) -> Pair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=2))
-        .not_valid_after(not_after or NOW + dt.timedelta(days=10))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    cert, key = certs.make_leaf(
+        ca.cert,
+        ca.key,
+        cn,
+        usage=usage,
+        sans=sans,
+        not_before=NOW - dt.timedelta(days=2),
+        not_after=not_after or NOW + dt.timedelta(days=10),
     )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return Pair(builder.sign(ca.key, hashes.SHA256()), key)
+    return Pair(cert, key)
 
 
 @dataclass
