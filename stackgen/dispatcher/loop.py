@@ -48,6 +48,8 @@ from stackgen.dispatcher.planner import (
 #: Webhook-triggered cycles run at most this often per queue (a burst of deliveries for
 #: one queue is one cycle; other queues do not wait for it).
 TRIGGER_GAP = 0.5
+#: Queues due within this much of a poll cycle are served in it (one Job list for all).
+ALIGN_WINDOW = 0.25
 #: A queue held by its cooldown is looked at again this soon, not at its next poll.
 COOLDOWN_RECHECK = 1.0
 #: A queue whose scheduled jobs were left to agents we already have (idle, or still
@@ -216,13 +218,14 @@ class Dispatcher:
         due = [
             q
             for name, q in self.queues.items()
-            if (only is not None and name in only) or (only is None and now >= self.next_due[name])
+            if (only is not None and name in only)
+            or (only is None and now >= self.next_due[name] - ALIGN_WINDOW)
         ]
         if not due:
             return report
         result = "ok"
         try:
-            demands, failed = self._demand(due, log)
+            demands, failed = self._demand(due, log, now)
             # Grouped once: each queue is planned from its own Jobs, not a scan of all.
             views: dict[str, list[JobView]] = {}
             for view in self._views():
@@ -262,7 +265,9 @@ class Dispatcher:
 
     # -------------------------------------------------------------------- demand
 
-    def _demand(self, due: list[QueueConfig], log: Any) -> tuple[dict[str, Demand], dict[str, str]]:
+    def _demand(
+        self, due: list[QueueConfig], log: Any, started: float
+    ) -> tuple[dict[str, Demand], dict[str, str]]:
         demands: dict[str, Demand] = {}
         failed: dict[str, str] = {}
         if any(q.mode == "dispatch" for q in due):
@@ -284,7 +289,7 @@ class Dispatcher:
                     demands[q.name] = Demand(scheduled=counts.scheduled, running=counts.running)
                     self.metrics.scheduled.labels(q.name).set(counts.scheduled)
                     self.metrics.running.labels(q.name).set(counts.running)
-                    self._due_after(q, max(q.poll_interval, hint))
+                    self._due_after(q, started + max(q.poll_interval, hint))
         for q in due:
             if q.mode != "exact":
                 continue
@@ -303,7 +308,7 @@ class Dispatcher:
                 jobs=tuple(WaitingJob(j.uuid, j.scheduled_at, j.priority) for j in page_jobs),
             )
             self.metrics.scheduled.labels(q.name).set(len(page_jobs))
-            self._due_after(q, q.poll_interval)
+            self._due_after(q, started + q.poll_interval)
         return demands, failed
 
     def _registration(self, queue: QueueConfig) -> tuple[str, str]:
@@ -323,8 +328,10 @@ class Dispatcher:
     def _views(self) -> list[JobView]:
         return list_views(self.kube, self.queues, self.clock())
 
-    def _due_after(self, queue: QueueConfig, seconds: float) -> None:
-        self.next_due[queue.name] = self.clock() + seconds
+    def _due_after(self, queue: QueueConfig, at: float) -> None:
+        # From the cycle's start, not from when this queue's call returned: queues polled
+        # together stay together, instead of drifting into one cycle (and Job list) each.
+        self.next_due[queue.name] = at
         self.backoff[queue.name].reset()
 
     def _retry_later(self, name: str, retry_after: float | None) -> None:

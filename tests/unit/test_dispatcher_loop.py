@@ -469,3 +469,25 @@ def test_exact_fan_out_is_created_concurrently(
     assert len(jobs_of(kube, "deploy")) == 40
     assert len([s for s in kube.objects["secrets"] if s.endswith("-acquire")]) == 40
     assert in_flight["max"] > 1
+
+
+def test_next_poll_counts_from_the_cycle_start(
+    buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A slow call must not push a queue's next poll back: queues polled together stay
+    together instead of drifting into one cycle (and one Job listing) each."""
+    dispatcher = make(buildkite, kube, clock)
+    listed = dispatcher.api.all_scheduled_jobs
+
+    def slow_listing(*args: Any, **kwargs: Any) -> Any:
+        clock.advance(0.3)
+        return listed(*args, **kwargs)
+
+    dispatcher.api.all_scheduled_jobs = slow_listing  # type: ignore[method-assign]
+    for _ in range(6):
+        clock.advance(11)
+        started = clock()
+        report = dispatcher.run_cycle("poll")
+        assert {q.queue for q in report.queues} == {"builds", "deploy"}
+        assert dispatcher.next_due["deploy"] == started + 5  # its poll interval
+        assert dispatcher.next_due["builds"] == started + 10  # Buildkite's poll-duration hint
