@@ -14,6 +14,8 @@ from typing import Any
 from stackgen import logs
 from stackgen.buildkite import AgentAPI
 from stackgen.dispatcher.config import DispatcherConfig
+from stackgen.dispatcher.informer import JobInformer
+from stackgen.dispatcher.jobs import OUR_JOBS
 from stackgen.dispatcher.kube import ClientKube, Kube
 from stackgen.dispatcher.leader import LeaderElector
 from stackgen.dispatcher.loop import Dispatcher
@@ -94,7 +96,12 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
     def is_leader() -> bool:
         return elector.is_leader if elector is not None else True
 
-    dispatcher = Dispatcher(config, api, kube, metrics=metrics, log=log, is_leader=is_leader)
+    # The Jobs come from a watch when the client can watch (the real one): no full list
+    # of every Job per cycle.
+    informer = JobInformer(kube, OUR_JOBS, log=log) if isinstance(kube, ClientKube) else None
+    dispatcher = Dispatcher(
+        config, api, kube, metrics=metrics, log=log, is_leader=is_leader, informer=informer
+    )
     if elector is None:
         metrics.leader.set(1)
 
@@ -131,6 +138,9 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
         webhook=bool(webhook_token),
     )
     threads: list[threading.Thread] = []
+    if informer is not None:
+        # Not joined: it may sit in a watch request for minutes and holds nothing to flush.
+        threading.Thread(target=informer.run, args=(stop,), name="jobs-watch", daemon=True).start()
     if elector is not None:
         threads.append(
             threading.Thread(target=elector.run, args=(stop,), name="election", daemon=True)

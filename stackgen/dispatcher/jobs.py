@@ -213,16 +213,19 @@ def _condition(job: JSON, kind: str) -> bool:
     return False
 
 
-def list_views(kube: Kube, queues: dict[str, QueueConfig], now: float) -> list[JobView]:
+def list_views(
+    kube: Kube, queues: dict[str, QueueConfig], now: float, jobs: list[JSON] | None = None
+) -> list[JobView]:
     """Our Jobs as the planner sees them; their pods are listed only when a view needs them.
 
     ``status.ready`` of a Job counts its ready pods, so pods are read only when a Job's
     status lacks that field while it has active pods (a cluster without it), or when a Job
     nears its pod start timeout with no pod started (for the reason the planner reports).
     Listing every pod every cycle was most of a cycle's time and memory at 10 000 Jobs
-    (bench/scale).
+    (bench/scale).  ``jobs``: the Jobs from an informer's cache instead of a fresh list.
     """
-    jobs = kube.list_jobs(OUR_JOBS)
+    if jobs is None:
+        jobs = kube.list_jobs(OUR_JOBS)
     views = job_views(jobs, (), queues)
     if _pods_needed(jobs, views, queues, now):
         views = job_views(jobs, kube.list_pods(OUR_JOBS), queues)

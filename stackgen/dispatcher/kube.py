@@ -11,6 +11,7 @@ request itself.  Tests use an in-memory implementation of :class:`Kube`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 JSON = dict[str, Any]
@@ -122,20 +123,73 @@ class ClientKube:
         return json.loads(data) if data else {}
 
     def _items(self, method: Any, *, slim: Any = None, **kwargs: Any) -> list[JSON]:
+        return self._listing(method, slim=slim, **kwargs)[0]
+
+    def _listing(self, method: Any, *, slim: Any = None, **kwargs: Any) -> tuple[list[JSON], str]:
         items: list[JSON] = []
         token = None
         while True:
             page = self._call(method, self.namespace, limit=500, _continue=token, **kwargs)
             page_items = page.get("items") or []
             items.extend(map(slim, page_items) if slim else page_items)
-            token = (page.get("metadata") or {}).get("continue")
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
             if not token:
-                return items
+                return items, str(meta.get("resourceVersion") or "")
 
     def list_jobs(self, selector: str) -> list[JSON]:
         return self._items(
             self._batch.list_namespaced_job, slim=slim_listed_job, label_selector=selector
         )
+
+    def list_jobs_at(self, selector: str) -> tuple[list[JSON], str]:
+        """Our Jobs (slimmed) and the list's resourceVersion, to watch from."""
+        return self._listing(
+            self._batch.list_namespaced_job, slim=slim_listed_job, label_selector=selector
+        )
+
+    def watch_jobs(
+        self, selector: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, JSON]]:
+        """(event type, Job) from a watch; ends after ``timeout`` s; KubeError 410 = relist."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            # Unparsed (_preload_content=False): a stream of JSON lines, one event each.
+            response: Any = self._batch.list_namespaced_job(
+                self.namespace,
+                label_selector=selector,
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout,
+                _preload_content=False,
+                _request_timeout=timeout + 30,
+            )
+        except ApiException as exc:
+            raise KubeError(str(exc.reason), status=exc.status) from exc
+        except (HTTPError, OSError) as exc:
+            raise KubeError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            buffer = b""
+            for chunk in response.stream(65536, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise KubeError(
+                            str(obj.get("message", "watch error")), status=obj.get("code")
+                        )
+                    yield kind, obj
+        except (HTTPError, OSError) as exc:
+            raise KubeError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            response.release_conn()
 
     def list_pods(self, selector: str) -> list[JSON]:
         return self._items(self._core.list_namespaced_pod, label_selector=selector)

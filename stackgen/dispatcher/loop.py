@@ -24,6 +24,7 @@ from stackgen.buildkite.models import MetricsSnapshot
 from stackgen.config import queue_slug
 from stackgen.dispatcher import mirrors
 from stackgen.dispatcher.config import DispatcherConfig, QueueConfig
+from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.jobs import (
     acquisition_secret,
     build_job,
@@ -115,8 +116,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = new_dispatch_id,
         is_leader: Callable[[], bool] = lambda: True,
+        informer: JobInformer | None = None,
     ) -> None:
         self.config = config
+        self.informer = informer
         self.api = buildkite
         self.kube = kube
         self.metrics = metrics or Metrics()
@@ -326,7 +329,11 @@ class Dispatcher:
         return self.registered[queue.name]
 
     def _views(self) -> list[JobView]:
-        return list_views(self.kube, self.queues, self.clock())
+        cached = None
+        if self.informer is not None and self.informer.synced:
+            cached = self.informer.snapshot()
+        self.metrics.job_reads.labels("list" if cached is None else "cache").inc()
+        return list_views(self.kube, self.queues, self.clock(), jobs=cached)
 
     def _due_after(self, queue: QueueConfig, at: float) -> None:
         # From the cycle's start, not from when this queue's call returned: queues polled
@@ -418,6 +425,8 @@ class Dispatcher:
                 except KubeError as exc:
                     if not exc.not_found:
                         raise
+                if self.informer is not None:
+                    self.informer.remove(action.name)
                 self.metrics.jobs_deleted.labels(queue.name).inc()
             elif isinstance(action, FailJob):
                 self._fail(queue, action, log)
@@ -452,6 +461,8 @@ class Dispatcher:
             if not exc.conflict:
                 raise
             created = self.kube.get_job(body["metadata"]["name"])  # a retried create landed
+        if self.informer is not None:
+            self.informer.upsert(created)
         report.created.append(body["metadata"]["name"])
         self.metrics.jobs_created.labels(report.queue).inc()
         return created

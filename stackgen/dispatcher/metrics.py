@@ -61,6 +61,12 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.job_reads = Counter(
+            "stackgen_job_reads_total",
+            "Reads of our Kubernetes Jobs by a cycle: from the watch cache or a full list.",
+            ["source"],
+            registry=r,
+        )
         self.cycle_duration = Histogram(
             "stackgen_cycle_duration_seconds", "Duration of a dispatch cycle.", registry=r
         )

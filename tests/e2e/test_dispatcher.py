@@ -446,6 +446,8 @@ def test_polling_dispatch_and_exact(
         assert cycles and all(len(line["dispatch_id"]) == 8 for line in cycles)
         assert TOKEN not in dispatcher.log_path.read_text()
         assert dispatcher.metric('stackgen_agents_dispatched_total{mode="exact"') == len(deploys)
+        # Cycles read Jobs from the watch cache once it has synced, not from a list each.
+        assert dispatcher.metric('stackgen_job_reads_total{source="cache"') > 0
         # TTL removes the finished Jobs (and their token Secrets go with them).
         wait_for(
             lambda: (
