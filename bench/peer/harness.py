@@ -20,27 +20,37 @@ and stopped before it returns; the namespace is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: bench/lib is shared with bench/e2e
+    sys.path.insert(0, str(ROOT))
+
+from bench.lib.e2e import (  # noqa: E402
+    Processes,
+    Seen,
+    Watcher,
+    fake_url_from,
+    http,
+    kubectl,
+    namespace,
+    summary,
+    wait_until,
+)
+
 UUID_LABEL = "buildkite.com/job-uuid"  # set by agent-stack-k8s on its Jobs and pods
 TOKEN_KEY = "BUILDKITE_AGENT_TOKEN"
 SECRET_NAME = "buildkite-agent-token"
@@ -83,272 +93,7 @@ def log(msg: str) -> None:
     print(f"[peer {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        with err:
-            raw = err.read()
-        try:
-            return err.code, json.loads(raw)
-        except ValueError:
-            return err.code, raw.decode(errors="replace")
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def summary(values: Sequence[float]) -> dict[str, Any]:
-    def r(v: float | None) -> float | None:
-        return None if v is None else round(v, 3)
-
-    return {
-        "n": len(values),
-        "p50": r(percentile(values, 50)),
-        "p95": r(percentile(values, 95)),
-        "max": r(max(values)) if values else None,
-        "mean": r(sum(values) / len(values)) if values else None,
-    }
-
-
-def parse_k8s_time(value: str | datetime | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes:
-    """Child processes, each in its own session, recorded in pid files for the caller's trap."""
-
-    def __init__(self, pid_dir: Path) -> None:
-        self.pid_dir = pid_dir
-        pid_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: dict[str, subprocess.Popen[Any]] = {}
-
-    def start(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(argv, start_new_session=True, **kw)
-        self.procs[name] = proc
-        (self.pid_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
-        return proc
-
-    def stop(self, name: str, timeout: float = 15) -> int | None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(5)
-        with contextlib.suppress(FileNotFoundError):
-            (self.pid_dir / f"{name}.pid").unlink()
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name, timeout=10)
-
-
-# --------------------------------------------------------------------------- Kubernetes
-
-
-@dataclass
-class Seen:
-    """When the harness first saw a Kubernetes object and what it looked like."""
-
-    name: str
-    uuid: str | None
-    seen_at: float
-    created: float | None
-    running_at: float | None = None
-    done_at: float | None = None
-    phase: str | None = None
-
-
-class Watcher:
-    """Watches Jobs and pods in one namespace; calls ``on_pod`` on every pod event."""
-
-    def __init__(self, kubeconfig: Path, namespace: str, on_pod: Callable[[Seen], None]) -> None:
-        import kubernetes
-
-        self.k8s = kubernetes
-        self.api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(self.api_client)
-        self.batch = kubernetes.client.BatchV1Api(self.api_client)
-        self.namespace = namespace
-        self.on_pod = on_pod
-        self.jobs: dict[str, Seen] = {}
-        self.pods: dict[str, Seen] = {}
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._loop, args=(kind,), daemon=True, name=f"watch-{kind}")
-            for kind in ("jobs", "pods")
-        ]
-        self.errors: list[str] = []
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(timeout=10)
-        self.api_client.close()
-
-    def _loop(self, kind: str) -> None:
-        lister = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
-        version: str | None = None
-        while not self.stopping.is_set():
-            try:
-                if version is None:
-                    listed = lister(self.namespace, label_selector=UUID_LABEL)
-                    version = listed.metadata.resource_version
-                    for obj in listed.items:
-                        self._record(kind, obj)
-                stream = self.k8s.watch.Watch().stream(
-                    lister,
-                    self.namespace,
-                    label_selector=UUID_LABEL,
-                    resource_version=version,
-                    timeout_seconds=2,
-                    allow_watch_bookmarks=True,
-                )
-                for event in stream:
-                    obj = event["object"]
-                    version = obj.metadata.resource_version
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._record(kind, obj, deleted=event["type"] == "DELETED")
-                    if self.stopping.is_set():
-                        break
-            except self.k8s.client.exceptions.ApiException as err:
-                if err.status == 410:  # too old a resource version: list again
-                    version = None
-                    continue
-                self.errors.append(f"{kind}: {err.status} {err.reason}")
-                time.sleep(0.5)
-            except Exception as err:  # a dropped connection: resume from the last version
-                if not self.stopping.is_set():
-                    self.errors.append(f"{kind}: {err!r}")
-                    time.sleep(0.2)
-
-    def _record(self, kind: str, obj: Any, deleted: bool = False) -> None:
-        now = time.time()
-        name = obj.metadata.name
-        uuid = (obj.metadata.labels or {}).get(UUID_LABEL)
-        with self.lock:
-            table = self.jobs if kind == "jobs" else self.pods
-            seen = table.get(name)
-            if seen is None:
-                created = parse_k8s_time(obj.metadata.creation_timestamp)
-                seen = table[name] = Seen(name, uuid, now, created)
-            if kind == "jobs":
-                conds = {c.type: c.status for c in (obj.status.conditions or [])}
-                finished = conds.get("Complete") == "True" or conds.get("Failed") == "True"
-                if finished and seen.done_at is None:
-                    seen.done_at = now
-                seen.phase = "Finished" if finished else ("Deleted" if deleted else "Active")
-                return
-            phase = obj.status.phase
-            seen.phase = "Deleted" if deleted else phase
-            started = phase in ("Running", "Succeeded", "Failed") or any(
-                cs.state and (cs.state.running or cs.state.terminated)
-                for cs in (obj.status.container_statuses or [])
-            )
-            if started and seen.running_at is None and phase != "Failed":
-                seen.running_at = now
-            if phase in ("Succeeded", "Failed") and seen.done_at is None:
-                seen.done_at = now
-            snapshot = Seen(**asdict(seen))
-        self.on_pod(snapshot)
-
-    def exit_pod(self, pod: str, code: int) -> None:
-        """Say that the agent in ``pod`` exited with ``code`` (an annotation kwok acts on)."""
-        body = {"metadata": {"annotations": {EXIT_ANNOTATION: str(code)}}}
-        try:
-            self.core.patch_namespaced_pod(pod, self.namespace, body)
-        except self.k8s.client.exceptions.ApiException as err:
-            if err.status != 404:
-                raise
-
-    def snapshot(self) -> tuple[dict[str, Seen], dict[str, Seen]]:
-        with self.lock:
-            return (
-                {k: Seen(**asdict(v)) for k, v in self.jobs.items()},
-                {k: Seen(**asdict(v)) for k, v in self.pods.items()},
-            )
-
-    def list_now(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Jobs and pods as the API server has them now (name, uuid, state)."""
-        jobs = []
-        for j in self.batch.list_namespaced_job(self.namespace).items:
-            conds = {c.type: c.status for c in (j.status.conditions or [])}
-            state = (
-                "Complete"
-                if conds.get("Complete") == "True"
-                else "Failed"
-                if conds.get("Failed") == "True"
-                else "Active"
-            )
-            jobs.append(
-                {
-                    "name": j.metadata.name,
-                    "uuid": (j.metadata.labels or {}).get(UUID_LABEL),
-                    "state": state,
-                    "ttl_seconds_after_finished": j.spec.ttl_seconds_after_finished,
-                }
-            )
-        pods = [
-            {
-                "name": p.metadata.name,
-                "uuid": (p.metadata.labels or {}).get(UUID_LABEL),
-                "phase": p.status.phase,
-            }
-            for p in self.core.list_namespaced_pod(self.namespace).items
-        ]
-        return jobs, pods
-
-
-def kubectl(kubeconfig: Path, *args: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 # --------------------------------------------------------------------------- simulated agents
-
-
-EXIT_ANNOTATION = "stackgen.io/agent-exit"  # tests/support/kwok-stages.yaml reads it
 
 
 @dataclass
@@ -438,39 +183,6 @@ class Options:
     settle: float
     pod_lifetime: str
     extra_args: list[str]
-
-
-def fake_url_from(proc: subprocess.Popen[str], timeout: float = 20) -> str:
-    assert proc.stdout is not None
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout)
-    if not line or not line[0].startswith("http://"):
-        raise RuntimeError(f"the fake Buildkite did not print its URL (exit {proc.poll()})")
-    return line[0].strip()
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-@contextlib.contextmanager
-def namespace(kubeconfig: Path, name: str) -> Iterator[str]:
-    kubectl(kubeconfig, "create", "namespace", name)
-    try:
-        yield name
-    finally:
-        kubectl(kubeconfig, "delete", "namespace", name, "--wait=false", check=False)
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -584,7 +296,13 @@ def _run(
 
     durations: dict[str, float] = {}
     sims: list[AgentSim] = []
-    watcher = Watcher(kc, ns, lambda pod: sims[0].on_pod(pod) if sims else None)
+    watcher = Watcher(
+        kc,
+        ns,
+        lambda pod: sims[0].on_pod(pod) if sims else None,
+        selector=UUID_LABEL,
+        key_label=UUID_LABEL,
+    )
     sim = AgentSim(fake_url, durations, watcher.exit_pod)
     sims.append(sim)
     watcher.start()
