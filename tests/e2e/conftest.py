@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -304,7 +304,7 @@ def _bin_down(name: str, state_root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -314,14 +314,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def orphaned(names: Iterable[str], prefix: str) -> list[str]:
+    """The names ``<prefix><pid>`` whose pytest process no longer exists."""
+    out = []
+    for name in names:
+        suffix = name.removeprefix(prefix)
+        if name.startswith(prefix) and suffix.isdigit() and not pid_alive(int(suffix)):
+            out.append(name)
+    return out
+
+
 def _reap_stale_clusters() -> None:
     """Remove clusters of e2e sessions whose pytest process no longer exists."""
     if not STATE_ROOT.is_dir():
         return
-    for state in STATE_ROOT.iterdir():
-        suffix = state.name.removeprefix(NAME_PREFIX)
-        if state.name.startswith(NAME_PREFIX) and suffix.isdigit() and not _pid_alive(int(suffix)):
-            _bin_down(state.name, STATE_ROOT)
+    for name in orphaned((s.name for s in STATE_ROOT.iterdir()), NAME_PREFIX):
+        _bin_down(name, STATE_ROOT)
 
 
 #: The session cluster's node and pod stages: kwok's defaults, except that pods the

@@ -47,7 +47,14 @@ import yaml
 
 from stackgen.certs import generate_adapter_certs
 from tests.conftest import ROOT
-from tests.e2e.conftest import STATE_ROOT, TOOLS_BIN, Cluster, _missing_binaries, wait_for
+from tests.e2e.conftest import (
+    STATE_ROOT,
+    TOOLS_BIN,
+    Cluster,
+    _missing_binaries,
+    orphaned,
+    wait_for,
+)
 from tests.support.fake_buildkite import FakeBuildkite
 from tests.unit.test_adapter_auth import make_ca, make_leaf
 
@@ -79,16 +86,6 @@ def _run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) ->
     if proc.returncode != 0:
         raise AssertionError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------- network
@@ -139,11 +136,9 @@ class Netns:
 
 def _reap_stale_netns() -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    for line in listed.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        suffix = name.removeprefix(NETNS_PREFIX)
-        if name.startswith(NETNS_PREFIX) and suffix.isdigit() and not _pid_alive(int(suffix)):
-            Netns(name, f"{name}h"[:15], "", "").delete()
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.split()]
+    for name in orphaned(names, NETNS_PREFIX):
+        Netns(name, f"{name}h"[:15], "", "").delete()
 
 
 class Relay:
@@ -250,10 +245,8 @@ def _delete_cluster(name: str, state: Path) -> None:
 def _reap_stale_clusters() -> None:
     if not STATE_ROOT.is_dir():
         return
-    for state in STATE_ROOT.iterdir():
-        suffix = state.name.removeprefix(NAME_PREFIX)
-        if state.name.startswith(NAME_PREFIX) and suffix.isdigit() and not _pid_alive(int(suffix)):
-            _delete_cluster(state.name, state)
+    for name in orphaned((s.name for s in STATE_ROOT.iterdir()), NAME_PREFIX):
+        _delete_cluster(name, STATE_ROOT / name)
 
 
 @pytest.fixture(scope="module")
