@@ -110,8 +110,23 @@ def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> di
         not_after=not_after,
         sans=[x509.DNSName(n) for n in names],
     )
-    dest.mkdir(parents=True, exist_ok=True)
     paths = {"ca": dest / "ca.crt", "cert": dest / "tls.crt", "key": dest / "tls.key"}
+    write_pems(paths, ca, cert, key)
+    return paths
+
+
+def write_pems(
+    paths: dict[str, Path],
+    ca: x509.Certificate,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """Write ``ca``, ``cert`` and ``key`` (PKCS #8, mode 0600) as PEM to ``paths``.
+
+    ``paths`` has the keys ``ca``, ``cert`` and ``key``; missing folders are made.
+    """
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths["key"].write_bytes(
@@ -122,4 +137,3 @@ def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> di
         )
     )
     paths["key"].chmod(0o600)
-    return paths

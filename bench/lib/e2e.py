@@ -214,6 +214,8 @@ class Seen:
     phase: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     deleted_at: float | None = None
+    #: A pod: first seen with a deletionTimestamp (Terminating).
+    terminating_at: float | None = None
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, str]:
@@ -328,6 +330,8 @@ class Watcher:
             seen.labels = labels
             if deleted and seen.deleted_at is None:
                 seen.deleted_at = now
+            if meta.get("deletionTimestamp") and seen.terminating_at is None:
+                seen.terminating_at = now
             if kind == "jobs":
                 conds = _conditions(obj)
                 finished = conds.get("Complete") == "True" or conds.get("Failed") == "True"

@@ -295,8 +295,15 @@ class Agents:
             self._push(agent.connected + self.idle_timeout, "idle_timeout", agent.pod)
             self._push(time.time() + self.rng.uniform(*self.pickup), "ping", agent.pod)
 
+    def _free(self, agent: Agent) -> bool:
+        """Whether ``agent`` is connected without a job (it takes one when it pings)."""
+        return agent.started is None and agent.exited is None
+
+    def _took(self, agent: Agent) -> None:
+        """Called once ``agent`` has started the job it took at a ping."""
+
     def _on_ping(self, agent: Agent) -> None:
-        if agent.started is not None or agent.exited is not None:
+        if not self._free(agent):
             return
         while True:
             with self._cv:
@@ -307,6 +314,7 @@ class Agents:
                     self._push(time.time() + self.pickup[1], "ping", agent.pod)
                 return
             if self._take(agent, uuid):
+                self._took(agent)
                 return
 
     def _on_idle_timeout(self, agent: Agent) -> None:
@@ -461,6 +469,50 @@ def _median_rtt(call: Callable[[], Any], n: int = 15) -> float:
     return statistics.median(times)
 
 
+def add_jobs_on_time(
+    fake_url: str,
+    tr: Trace,
+    added: Callable[[str, TraceJob], None],
+    log: Callable[[str], None],
+) -> tuple[float, float]:
+    """Add the trace's jobs to the fake, each at t0 + its ``scheduled_at``.
+
+    Jobs due together are added in one control call per queue and build; ``added(uuid,
+    job)`` is called for each as soon as the fake has it.  Returns t0 and the time the
+    last job was added (host clock).
+    """
+    jobs = sorted(tr.jobs, key=lambda j: (j.scheduled_at, j.id))
+    log(f"replaying {len(jobs)} jobs over {tr.params.end:.0f} s")
+    t0 = time.time() + 0.5
+    i = 0
+    while i < len(jobs):
+        delay = t0 + jobs[i].scheduled_at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        now = time.time()
+        groups: dict[tuple[str, int], list[TraceJob]] = defaultdict(list)
+        while i < len(jobs) and t0 + jobs[i].scheduled_at <= now + 0.002:
+            groups[(jobs[i].queue, jobs[i].build)].append(jobs[i])
+            i += 1
+        for (queue, build), group in groups.items():
+            status, body = http(
+                "POST",
+                f"{fake_url}/_fake/jobs",
+                {
+                    "queue": queue,
+                    "count": len(group),
+                    "fields": {"pipeline_slug": "monorepo", "build_number": build},
+                },
+            )
+            if status != 201:
+                raise RuntimeError(f"adding jobs answered {status}: {body}")
+            for uuid, job in zip(body["uuids"], group, strict=True):
+                added(uuid, job)
+    replay_end = time.time()
+    log(f"all {len(jobs)} jobs added ({replay_end - t0:.1f} s)")
+    return t0, replay_end
+
+
 def run_row(
     row: Row,
     tr: Trace,
@@ -571,41 +623,15 @@ def run_row(
                 statuses[delivery.status] += 1
 
         controller_before = controller_metrics() if controller_metrics else {}
-        jobs = sorted(tr.jobs, key=lambda j: (j.scheduled_at, j.id))
-        t0 = time.time() + 0.5
-        log(f"replaying {len(jobs)} jobs over {tr.params.end:.0f} s")
-        i = 0
-        while i < len(jobs):
-            delay = t0 + jobs[i].scheduled_at - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.time()
-            batch: list[TraceJob] = []
-            while i < len(jobs) and t0 + jobs[i].scheduled_at <= now + 0.002:
-                batch.append(jobs[i])
-                i += 1
-            groups: dict[tuple[str, int], list[TraceJob]] = {}
-            for job in batch:
-                groups.setdefault((job.queue, job.build), []).append(job)
-            for (queue, build), group in groups.items():
-                status, body = http(
-                    "POST",
-                    f"{fake_url}/_fake/jobs",
-                    {
-                        "queue": queue,
-                        "count": len(group),
-                        "fields": {"pipeline_slug": "monorepo", "build_number": build},
-                    },
-                )
-                if status != 201:
-                    raise RuntimeError(f"adding jobs answered {status}: {body}")
-                for uuid, job in zip(body["uuids"], group, strict=True):
-                    by_uuid[uuid] = job
-                    agents.add_job(uuid, queue, job.duration)
-                    if row.webhook:
-                        hooks.submit(hook, uuid, queue)
-        replay_end = time.time()
-        log(f"all {len(jobs)} jobs added ({replay_end - t0:.1f} s)")
+
+        def added(uuid: str, job: TraceJob) -> None:
+            assert agents is not None
+            by_uuid[uuid] = job
+            agents.add_job(uuid, job.queue, job.duration)
+            if row.webhook:
+                hooks.submit(hook, uuid, job.queue)
+
+        t0, replay_end = add_jobs_on_time(fake_url, tr, added, log)
 
         # ------------------------------------------------------------ until all started
         def settled() -> bool:
@@ -925,7 +951,10 @@ def simulate(
     merged: dict[str, Any] = {k: statistics.median(r[k] for r in results) for k in keys}
     for k in ("strategy", "mode", "webhook", "samples"):
         merged[k] = results[0][k]
-    merged["job_controller"] = {"p50": merged["job_ctl_p50"], "p95": merged["job_ctl_p95"]}
+    merged["job_controller"] = {  # none in the HPA rows
+        "p50": merged.get("job_ctl_p50", math.nan),
+        "p95": merged.get("job_ctl_p95", math.nan),
+    }
     merged["seeds"] = seeds
     merged["per_seed"] = [{k: r[k] for k in keys} for r in results]
     merged["params"] = sim._jsonable(params)

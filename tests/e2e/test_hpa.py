@@ -31,10 +31,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -45,7 +42,6 @@ from typing import Any
 import pytest
 import yaml
 
-from stackgen.certs import generate_adapter_certs
 from tests.conftest import ROOT
 from tests.e2e.conftest import (
     STATE_ROOT,
@@ -55,8 +51,17 @@ from tests.e2e.conftest import (
     orphaned,
     wait_for,
 )
+from tests.support.aggregator import (
+    AdapterProcess,
+    Netns,
+    adapter_objects,
+    adapter_tls,
+    front_proxy_flags,
+    front_proxy_pki,
+    reap_netns,
+    stackgen_build,
+)
 from tests.support.fake_buildkite import FakeBuildkite
-from tests.unit.test_adapter_auth import make_ca, make_leaf
 
 pytestmark = pytest.mark.e2e
 
@@ -88,117 +93,8 @@ def _run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) ->
     return proc.stdout
 
 
-# ---------------------------------------------------------------------------- network
-
-
-@dataclass
-class Netns:
-    """A network namespace joined to the host by a veth pair; the adapter's own host."""
-
-    name: str
-    host_if: str
-    host_ip: str
-    ns_ip: str
-
-    @classmethod
-    def create(cls) -> Netns:
-        pid = os.getpid()
-        name = f"{NETNS_PREFIX}{pid}"
-        third = pid % 250 + 1
-        ns = cls(name, f"{name}h"[:15], f"198.18.{third}.1", f"198.18.{third}.2")
-        peer = f"{name}n"[:15]
-        used = _run("ip", "-o", "-4", "addr", "show")
-        if ns.host_ip + "/" in used:
-            raise AssertionError(f"{ns.host_ip} is already in use on this host")
-        _run("ip", "netns", "add", name)
-        try:
-            _run("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", peer)
-            _run("ip", "link", "set", peer, "netns", name)
-            _run("ip", "addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
-            _run("ip", "link", "set", ns.host_if, "up")
-            _run("ip", "-n", name, "addr", "add", f"{ns.ns_ip}/30", "dev", peer)
-            _run("ip", "-n", name, "link", "set", peer, "up")
-            _run("ip", "-n", name, "link", "set", "lo", "up")
-        except BaseException:
-            ns.delete()
-            raise
-        return ns
-
-    def delete(self) -> None:
-        """Remove the namespace (its veth end goes with it, and so does the host's)."""
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
-
-    def argv(self, *argv: str) -> list[str]:
-        """Run a command inside the namespace."""
-        return ["ip", "netns", "exec", self.name, *argv]
-
-
 def _reap_stale_netns() -> None:
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    names = [line.split()[0] for line in listed.stdout.splitlines() if line.split()]
-    for name in orphaned(names, NETNS_PREFIX):
-        Netns(name, f"{name}h"[:15], "", "").delete()
-
-
-class Relay:
-    """A TCP relay from ``listen`` to ``target`` that accepts one peer address only."""
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], peer: str) -> None:
-        self.target = target
-        self.peer = peer
-        self._server = socket.create_server(listen)
-        self.port = int(self._server.getsockname()[1])
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name=f"relay-{self.port}").start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, addr = self._server.accept()
-            except OSError:
-                return
-            if addr[0] != self.peer:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                if self._closed:
-                    client.close()
-                    upstream.close()
-                    return
-                self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        """Stop accepting and cut every relayed connection."""
-        with self._lock:
-            self._closed = True
-            conns = list(self._conns)
-        self._server.close()
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+    reap_netns(NETNS_PREFIX, orphaned)
 
 
 # ---------------------------------------------------------------------------- the cluster
@@ -263,10 +159,7 @@ def fp_cluster() -> Iterator[FrontProxyCluster]:
     state = STATE_ROOT / name
     state.mkdir(parents=True, exist_ok=True)
     pki = state / "pki"
-    pki.mkdir()
-    ca = make_ca("stackgen e2e front-proxy CA")
-    (pki / "front-proxy-ca.crt").write_text(ca.pem)
-    client_crt, client_key = make_leaf(ca, "front-proxy-client").write(pki, "front-proxy-client")
+    front_proxy = front_proxy_pki(pki)
     (state / "kwokctl.yaml").write_text(
         "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
         "kind: KwokctlConfiguration\n"
@@ -274,16 +167,7 @@ def fp_cluster() -> Iterator[FrontProxyCluster]:
         "  bindAddress: 127.0.0.1\n"
     )
     extra = {
-        "kube-apiserver": {
-            "requestheader-client-ca-file": pki / "front-proxy-ca.crt",
-            "requestheader-allowed-names": "front-proxy-client",
-            "requestheader-username-headers": "X-Remote-User",
-            "requestheader-group-headers": "X-Remote-Group",
-            "requestheader-extra-headers-prefix": "X-Remote-Extra-",
-            "proxy-client-cert-file": client_crt,
-            "proxy-client-key-file": client_key,
-            "enable-aggregator-routing": "true",
-        },
+        "kube-apiserver": front_proxy_flags(front_proxy),
         "kube-controller-manager": {"horizontal-pod-autoscaler-sync-period": HPA_SYNC},
     }
     extra_args = [
@@ -334,7 +218,6 @@ def _write_overlay(folder: Path) -> Path:
     overlay = folder / "overlay"
     (overlay / "secrets").mkdir(parents=True)
     (overlay / "secrets" / "agent-token").write_text(TOKEN + "\n")
-    generate_adapter_certs(NAMESPACE, overlay / "secrets" / "metrics-adapter")
     stack = {
         "apiVersion": "stackgen.io/v1alpha1",
         "kind": "Stack",
@@ -358,11 +241,7 @@ def _write_overlay(folder: Path) -> Path:
         "metricsAdapter": {
             # The process below is started with STACKGEN_POLL_INTERVAL_SECONDS=1 instead.
             "pollIntervalSeconds": 5,
-            "tls": {
-                "caFile": "secrets/metrics-adapter/ca.crt",
-                "certFile": "secrets/metrics-adapter/tls.crt",
-                "keyFile": "secrets/metrics-adapter/tls.key",
-            },
+            "tls": adapter_tls(overlay, NAMESPACE),
         },
     }
     (overlay / "stack.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
@@ -370,38 +249,7 @@ def _write_overlay(folder: Path) -> Path:
 
 
 def _built_stack(overlay: Path, netns: Netns) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "stackgen", "build", str(overlay)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
-    out = []
-    for obj in objects:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind == "Deployment" and name == "stackgen-metrics-adapter":
-            continue  # the real process in the network namespace serves instead
-        if kind == "Service" and name == "stackgen-metrics-adapter":
-            obj["spec"].pop("selector")  # keep the endpoints controller off our Endpoints
-        out.append(obj)
-    out.append(
-        {
-            "apiVersion": "v1",
-            "kind": "Endpoints",
-            "metadata": {"name": "stackgen-metrics-adapter", "namespace": NAMESPACE},
-            "subsets": [
-                {
-                    "addresses": [{"ip": netns.ns_ip}],
-                    "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
-                }
-            ],
-        }
-    )
-    return out
+    return adapter_objects(stackgen_build(overlay), NAMESPACE, netns.ns_ip)
 
 
 # ---------------------------------------------------------------------------- agents
@@ -559,7 +407,7 @@ def test_two_queues_scale_up_and_down_independently(
 
     cluster = fp_cluster.cluster
     with contextlib.ExitStack() as stack:
-        netns = Netns.create()
+        netns = Netns.create(NETNS_PREFIX)
         stack.callback(netns.delete)
 
         # The stack, as stackgen builds it (minus the adapter's pod, see the docstring).
@@ -567,81 +415,27 @@ def test_two_queues_scale_up_and_down_independently(
         adapter_token = cluster.kubectl(
             "create", "token", "stackgen-metrics-adapter", "-n", NAMESPACE, "--duration=1h"
         ).stdout.strip()
-
-        # Buildkite and kube-apiserver as the network namespace sees them.
         fake = FakeBuildkite(
             TOKEN, queues=QUEUES, default_queue=QUEUES[0], poll_duration_seconds=1
         ).start()
         stack.callback(fake.stop)
-        bk_relay = Relay((netns.host_ip, 0), ("127.0.0.1", fake.port), netns.ns_ip)
-        stack.callback(bk_relay.close)
-        api_relay = Relay((netns.host_ip, 0), fp_cluster.apiserver, netns.ns_ip)
-        stack.callback(api_relay.close)
-        kubeconfig = tmp_path / "adapter-kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "e2e",
-                            "cluster": {
-                                "server": f"https://{netns.host_ip}:{api_relay.port}",
-                                "certificate-authority": str(fp_cluster.ca_file),
-                                # The relay's address is not in the serving cert; this is.
-                                "tls-server-name": "kubernetes",
-                            },
-                        }
-                    ],
-                    "users": [{"name": "adapter", "user": {"token": adapter_token}}],
-                    "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "adapter"}}],
-                    "current-context": "e2e",
-                }
-            )
-        )
-        kubeconfig.chmod(0o600)
 
         # The adapter: a real process, reading the front-proxy settings from the
         # extension-apiserver-authentication ConfigMap with its ServiceAccount's token.
-        secrets = tmp_path / "overlay" / "secrets" / "metrics-adapter"
-        log_path = tmp_path / "adapter.log"
-        log = log_path.open("w")
-        stack.callback(log.close)
-        adapter = subprocess.Popen(
-            netns.argv(
-                sys.executable,
-                "-m",
-                "stackgen",
-                "metrics-adapter",
-                f"--bind-address={netns.ns_ip}",
-                "--secure-port=6443",
-                f"--tls-cert-file={secrets / 'tls.crt'}",
-                f"--tls-private-key-file={secrets / 'tls.key'}",
-                f"--kubeconfig={kubeconfig}",
-            ),
-            env={
-                **os.environ,
-                "BUILDKITE_AGENT_TOKEN": TOKEN,
-                "BUILDKITE_AGENT_ENDPOINT": f"http://{netns.host_ip}:{bk_relay.port}/v3",
-                "STACKGEN_POLL_INTERVAL_SECONDS": "1",
-                "STACKGEN_QUEUES": ",".join(QUEUES),
-            },
+        adapter = AdapterProcess(
+            netns,
+            apiserver=fp_cluster.apiserver,
+            ca_file=fp_cluster.ca_file,
+            api_token=adapter_token,
+            buildkite_port=fake.port,
+            buildkite_token=TOKEN,
+            queues=QUEUES,
+            secrets=tmp_path / "overlay" / "secrets" / "metrics-adapter",
+            work=tmp_path,
+            poll_interval=1,
             cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
-
-        def stop_adapter() -> None:
-            if adapter.poll() is None:
-                adapter.send_signal(signal.SIGTERM)
-                try:
-                    adapter.wait(10)
-                except subprocess.TimeoutExpired:
-                    adapter.kill()
-                    adapter.wait(10)
-
-        stack.callback(stop_adapter)
+        stack.callback(adapter.stop)
 
         api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
         stack.callback(api_client.close)
@@ -653,11 +447,10 @@ def test_two_queues_scale_up_and_down_independently(
         except BaseException:
             with capsys.disabled():
                 print("\n--- adapter log (last 40 lines) ---")
-                print("\n".join(log_path.read_text().splitlines()[-40:]))
+                print(adapter.tail(40))
             raise
-        stop_adapter()
-        assert adapter.returncode == 0, "the adapter did not stop cleanly on SIGTERM"
-        assert TOKEN not in log_path.read_text()
+        assert adapter.stop() == 0, "the adapter did not stop cleanly on SIGTERM"
+        assert TOKEN not in adapter.log_path.read_text()
 
 
 def _scenario(
