@@ -41,7 +41,7 @@ import yaml
 from bench.lib import sim
 from bench.lib.common import percentile
 from bench.lib.e2e import Processes, Seen, Watcher, http, start_fake, summary, wait_until
-from bench.lib.replay import Agent, Agents, Settings, _median_rtt, add_jobs_on_time
+from bench.lib.replay import Agent, Agents, Settings, add_jobs_on_time, median_rtt
 from bench.lib.trace import Trace, TraceJob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -526,10 +526,10 @@ def run_hpa_row(
 
         wait_until(ready, 120, "every HPA active at minReplicas with its agents connected")
         log("HPAs active; agents connected")
-        bk_rtt = _median_rtt(
+        bk_rtt = median_rtt(
             lambda: http("GET", f"{fake_url}/_fake/jobs/00000000-0000-0000-0000-000000000000")
         )
-        kube_rtt = _median_rtt(
+        kube_rtt = median_rtt(
             lambda: apps.list_namespaced_deployment(namespace, _preload_content=False).data
         )
         generations = _generations(apps, namespace)

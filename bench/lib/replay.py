@@ -460,7 +460,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _median_rtt(call: Callable[[], Any], n: int = 15) -> float:
+def median_rtt(call: Callable[[], Any], n: int = 15) -> float:
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -593,10 +593,10 @@ def run_row(
 
         wait_until(cycling, 60, "the dispatcher's first cycle")
         log(f"dispatcher {dispatcher.url} cycling (pid {dispatcher.proc.pid})")
-        bk_rtt = _median_rtt(
+        bk_rtt = median_rtt(
             lambda: http("GET", f"{fake_url}/_fake/jobs/00000000-0000-0000-0000-000000000000")
         )
-        kube_rtt = _median_rtt(
+        kube_rtt = median_rtt(
             lambda: (
                 watcher.batch.list_namespaced_job(  # type: ignore[union-attr]
                     namespace, label_selector=DISPATCH_LABEL, _preload_content=False
