@@ -42,6 +42,9 @@ class Composed:
     notices: list[str] = field(default_factory=list)
     #: Paths (relative to root) that hold secret material.
     secret_paths: list[str] = field(default_factory=list)
+    #: The generated dispatcher config when ``compose(check=False)`` left its check to the
+    #: caller (:func:`check_dispatcher_config`).
+    dispatcher_config: dict[str, Any] | None = None
 
 
 def _environment() -> jinja2.Environment:
@@ -77,6 +80,10 @@ def _image_entry(base_name: str, image: str) -> dict[str, str]:
 
 
 def _write(path: Path, text: str, *, mode: int = 0o644) -> None:
+    if ".." in path.parts:
+        # Names from stack.yaml become folder names; the build composes before the schema
+        # check ends (it runs while kustomize does), so refuse to leave the tree here too.
+        raise ValueError(f"refusing to write outside the composed tree: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     path.chmod(mode)
@@ -333,10 +340,11 @@ def dispatcher_config(stack: Stack) -> dict[str, Any]:
     }
 
 
-def check_dispatcher_config(config: dict[str, Any], file: str) -> None:
+def check_dispatcher_config(config: dict[str, Any], stack_file: str) -> None:
     """Validate a generated dispatcher config against schemas/dispatcher.schema.json."""
     from stackgen.schema_errors import schema_problems
 
+    file = f"{stack_file} (generated dispatcher config)"
     problems = schema_problems(config, load_schema("dispatcher"), file)
     if problems:
         raise ConfigError(problems)
@@ -347,8 +355,14 @@ def _pss_version(kubernetes_version: str) -> str:
     return f"v{major}.{minor}"
 
 
-def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = None) -> Composed:
-    """Write the kustomize tree for ``stack`` into ``dest`` (created; must not exist)."""
+def compose(
+    stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = None, check: bool = True
+) -> Composed:
+    """Write the kustomize tree for ``stack`` into ``dest`` (created; must not exist).
+
+    ``check=False`` leaves the generated dispatcher config's schema check to the caller
+    (``Composed.dispatcher_config``).
+    """
     environ = os.environ if environ is None else environ
     composed = Composed(root=dest)
     dest.mkdir(parents=True, exist_ok=False)
@@ -477,7 +491,10 @@ def compose(stack: Stack, dest: Path, *, environ: Mapping[str, str] | None = Non
 
     if stack.dispatched_queues or stack.git_mirrors:
         config = dispatcher_config(stack)
-        check_dispatcher_config(config, f"{stack.file} (generated dispatcher config)")
+        if check:
+            check_dispatcher_config(config, stack.file)
+        else:
+            composed.dispatcher_config = config
         _write(stack_dir / "dispatcher.yaml", yamlio.dump(config))
 
     dind_queues = [q.name for q in stack.queues if q.dind]

@@ -20,7 +20,6 @@ import yaml
 from stackgen import yamlio
 from stackgen.errors import ConfigError, Problem
 from stackgen.resources import load_schema
-from stackgen.schema_errors import schema_problems
 
 STACK_FILE = "stack.yaml"
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -448,33 +447,19 @@ def load_stack(
     Args:
         overlay: the overlay folder.
         environ: environment for ``env:`` secret sources (default: ``os.environ``).
-        checks: run :func:`stackgen.checks.check_stack` (cross-field rules, secret files).
-            Only the build pipeline turns this off: it runs those checks itself while
-            kustomize runs, and never prints a stack that fails them.
+        checks: run :func:`stackgen.checks.check_stack` (cross-field rules, secret files);
+            off, the caller runs them.
 
     Raises:
         ConfigError: with every problem found.
 
     """
     overlay_path = Path(overlay)
-    stack_file = find_stack_file(overlay_path)
-    if stack_file is None:
-        raise ConfigError(
-            Problem(
-                display_path(overlay_path), "", f"has no {STACK_FILE} (a plain kustomize overlay)"
-            )
-        )
-    data = read_yaml_file(stack_file)
-    shown = display_path(stack_file)
-    if not isinstance(data, dict):
-        raise ConfigError(
-            Problem(shown, "", "must be a YAML mapping (apiVersion, kind, metadata, …)")
-        )
-    problems = schema_problems(data, load_schema("stack"), shown)
-    problems += _mode_block_problems(data, shown) if not problems else []
+    data, stack_file = read_stack_data(overlay_path)
+    problems = stack_problems(data, display_path(stack_file))
     if problems:
         raise ConfigError(problems)
-    stack = _from_dict(data, overlay_path, stack_file)
+    stack = stack_from_data(data, overlay_path, stack_file)
     if not checks:
         return stack
     # Imported here: the checks read files and parse keys; config stays importable alone.
@@ -484,6 +469,50 @@ def load_stack(
     if problems:
         raise ConfigError(problems)
     return stack
+
+
+def read_stack_data(overlay: Path) -> tuple[dict[str, Any], Path]:
+    """An overlay's ``stack.yaml``, read but not checked, and its path.
+
+    Raises:
+        ConfigError: no stack.yaml, unreadable YAML, or not a mapping.
+
+    """
+    stack_file = find_stack_file(overlay)
+    if stack_file is None:
+        raise ConfigError(
+            Problem(display_path(overlay), "", f"has no {STACK_FILE} (a plain kustomize overlay)")
+        )
+    data = read_yaml_file(stack_file)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            Problem(
+                display_path(stack_file),
+                "",
+                "must be a YAML mapping (apiVersion, kind, metadata, …)",
+            )
+        )
+    return data, stack_file
+
+
+def stack_problems(data: dict[str, Any], file: str) -> list[Problem]:
+    """What ``schemas/stack.schema.json`` and the per-mode rules say of ``data``."""
+    # Imported here: jsonschema takes ~0.1 s to import, and the build pipeline runs this
+    # while kustomize runs.
+    from stackgen.schema_errors import schema_problems
+
+    problems = schema_problems(data, load_schema("stack"), file)
+    return problems or _mode_block_problems(data, file)
+
+
+def stack_from_data(data: dict[str, Any], overlay: Path, source: Path) -> Stack:
+    """Typed objects from ``stack.yaml`` data that :func:`stack_problems` finds no fault in.
+
+    Given data it would fault, this may raise anything or return nonsense: the build
+    pipeline calls it before the schema check (which then runs while kustomize does) and
+    reports the schema's problems whenever they exist.
+    """
+    return _from_dict(data, overlay, source)
 
 
 def _mode_block_problems(data: dict[str, Any], file: str) -> list[Problem]:

@@ -26,14 +26,16 @@ from typing import Any
 import yaml
 
 from stackgen import tools, yamlio
-from stackgen.compose import compose
+from stackgen.compose import check_dispatcher_config, compose
 from stackgen.config import (
     DEFAULT_KUBERNETES_VERSION,
     KUSTOMIZATION_FILES,
     Stack,
     display_path,
     find_stack_file,
-    load_stack,
+    read_stack_data,
+    stack_from_data,
+    stack_problems,
 )
 from stackgen.errors import BuildError, ConfigError, Problem, ToolError
 from stackgen.policy import PolicyContext, literal_secret_problems
@@ -97,13 +99,25 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
     try:
         try:
             if stack_file is not None:
-                stack = load_stack(overlay_path, environ=options.environ, checks=False)
-                timings["load"] = time.perf_counter() - started
-                source_problems = _source_secret_problems(_user_sources(stack))
+                # The schema check (jsonschema: ~0.1 s to import) runs while kustomize
+                # does; until then the data is trusted, and any failure is first put to
+                # the schema, whose word on bad input comes first.
+                data, stack_file = read_stack_data(overlay_path)
+                shown = display_path(stack_file)
                 try:
-                    composed = compose(stack, workdir / "tree", environ=options.environ)
+                    stack = stack_from_data(data, overlay_path, stack_file)
+                    timings["load"] = time.perf_counter() - started
+                    source_problems = _source_secret_problems(_user_sources(stack))
+                except Exception:
+                    raise_config(stack_problems(data, shown))
+                    raise
+                try:
+                    composed = compose(
+                        stack, workdir / "tree", environ=options.environ, check=False
+                    )
                 except Exception:
                     # What the checks say (a missing secret file, …) is the real problem.
+                    raise_config(stack_problems(data, shown))
                     raise_config(_stack_checks(stack, options.environ))
                     raise_config(source_problems)
                     raise
@@ -130,7 +144,10 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
             kustomize = start_kustomize(build_root)
             tool_error: ToolError | None = None
             try:
-                if stack is not None:  # cross-field rules and secret files, meanwhile
+                if stack is not None:  # the schema, cross-field rules and secrets, meanwhile
+                    raise_config(stack_problems(data, shown))
+                    if composed.dispatcher_config is not None:
+                        check_dispatcher_config(composed.dispatcher_config, stack.file)
                     raise_config(_stack_checks(stack, options.environ))
                     raise_config(source_problems)
                 if options.validate:

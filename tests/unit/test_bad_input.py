@@ -7,6 +7,7 @@ Each case runs the real CLI in a fresh process, as a user's shell would.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -473,3 +474,22 @@ def test_adapter_tls_ways_are_exclusive(stackgen: Callable[..., Run], example: P
         stackgen("build", str(example)),
         "metricsAdapter.tls: set one way only, not the certificate files and insecureSkipTLSVerify",
     )
+
+
+def test_name_that_would_leave_the_composed_tree(
+    stackgen: Callable[..., Run], minimal: Path, tmp_path: Path
+) -> None:
+    # The build composes before its schema check has finished (that runs while kustomize
+    # does): a name the schema refuses must neither be written outside the temporary tree
+    # nor hide the schema's message.
+    escape = f"stackgen-escape-{tmp_path.name}"
+    set_stack(
+        minimal,
+        "secrets:\n",
+        f"gitMirrors:\n  - name: ../../../../{escape}\n"
+        "    repository: https://github.com/example/monorepo.git\nsecrets:\n",
+    )
+    run = stackgen("build", str(minimal))
+    assert_rejected(run, "stack.yaml: gitMirrors[0].name:")
+    # stackgen-XXXX/tree/stack/git-mirrors/../../../.. is the temp dir itself.
+    assert not (Path(tempfile.gettempdir()) / escape).exists()
