@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from stackgen.common.version import __version__
 
 __all__ = [
     "BuildError",
@@ -36,22 +36,21 @@ __all__ = [
 ]
 
 _LAZY = {
-    "BuildError": "stackgen.errors",
-    "ConfigError": "stackgen.errors",
-    "Problem": "stackgen.errors",
-    "StackgenError": "stackgen.errors",
-    "ToolError": "stackgen.errors",
-    "ValidationError": "stackgen.errors",
+    "BuildError": "stackgen.common.errors",
+    "ConfigError": "stackgen.common.errors",
+    "Problem": "stackgen.common.errors",
+    "StackgenError": "stackgen.common.errors",
+    "ToolError": "stackgen.common.errors",
+    "ValidationError": "stackgen.common.errors",
     "BuildOptions": "stackgen.pipeline",
     "BuildResult": "stackgen.pipeline",
     "build": "stackgen.pipeline",
-    "Stack": "stackgen.config",
-    "load_stack": "stackgen.config",
+    "Stack": "stackgen.stack.model",
+    "load_stack": "stackgen.stack.load",
 }
 
 if TYPE_CHECKING:
-    from stackgen.config import Stack, load_stack
-    from stackgen.errors import (
+    from stackgen.common.errors import (
         BuildError,
         ConfigError,
         Problem,
@@ -60,6 +59,8 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from stackgen.pipeline import BuildOptions, BuildResult, build
+    from stackgen.stack.load import load_stack
+    from stackgen.stack.model import Stack
 
 
 def validate(overlay: str, *, kubernetes_version: str | None = None) -> BuildResult:

@@ -1,52 +1,58 @@
-"""The build pipeline: load, compose, kustomize, validate — all before any output.
+"""The build: load → compose → kustomize → validate, all before any output.
 
-:func:`build` returns the manifest bytes only when every check passed; the CLI writes
-them to stdout afterwards, so on any error stdout stays empty and a pipe into
-``kubectl apply`` applies nothing.
+:func:`build` runs these steps and returns the manifest bytes only when every check
+passed; the CLI writes them to stdout afterwards, so on any error stdout stays empty and
+a pipe into ``kubectl apply`` applies nothing::
 
-The tools run in the background while Python works (bench/build measures this): the
-tools' version checks while the stack loads and composes; the secret-file checks, and
-kubeconform compiling the schemas of stackgen's kinds, while kustomize builds; YAML
-parsing and the policies while kubeconform validates.  Problems are reported exactly as
-if every step ran in turn.
+    load_and_compose / plain_overlay   stack.yaml read, the model built, the tree composed
+    kustomize_while_checking           kustomize runs; meanwhile the schema, cross-field
+                                       and secret-file checks, and kubeconform warms up
+    judge                              kubeconform and the policies on the built objects
+    (server_dry_run)                   only when asked
+
+The tools run in the background while Python works (bench/build measures this): their
+version checks while the stack loads and composes; the checks of step 1, and kubeconform
+compiling the schemas of stackgen's kinds, while kustomize builds; YAML parsing and the
+policies while kubeconform validates.  Problems are reported exactly as if every step ran
+in turn: a failure is first put to the schema, whose word on bad input comes first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stackgen import tools, yamlio
+from stackgen import tools
+from stackgen.common import yamlio
+from stackgen.common.errors import BuildError, ConfigError, Problem, ToolError, ValidationError
+from stackgen.common.files import display_path
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 from stackgen.compose import check_dispatcher_config, compose
-from stackgen.config import (
-    DEFAULT_KUBERNETES_VERSION,
-    KUSTOMIZATION_FILES,
-    Stack,
-    display_path,
+from stackgen.stack.checks import check_stack
+from stackgen.stack.load import (
     find_stack_file,
+    kustomization_file,
     read_stack_data,
     stack_from_data,
     stack_problems,
 )
-from stackgen.errors import BuildError, ConfigError, Problem, ToolError
-from stackgen.policy import PolicyContext, literal_secret_problems
-from stackgen.validation import (
-    KubeconformRun,
-    kubeconform_result,
-    policy_problems,
-    raise_if,
-    server_dry_run,
-    warm_kubeconform,
-)
+from stackgen.stack.model import Stack
+from stackgen.stack.sources import kustomize_files, literal_secrets, user_sources
+from stackgen.validation.dry_run import server_dry_run
+from stackgen.validation.kubeconform import KubeconformRun, kubeconform_result, warm_kubeconform
+from stackgen.validation.policies import PolicyContext, check_objects
+
+__all__ = ["BuildOptions", "BuildResult", "build"]
 
 
 @dataclass
@@ -74,6 +80,58 @@ class BuildResult:
     kubeconform_summary: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class Source:
+    """What kustomize builds, and how the result is judged."""
+
+    root: Path
+    #: The file problems are reported against (stack.yaml, or the kustomization).
+    file: str
+    kubernetes_version: str
+    policy: PolicyContext
+    stack: Stack | None = None
+    notices: list[str] = field(default_factory=list)
+    #: The input's checks that run while kustomize does (they raise ConfigError).
+    checks: Callable[[], None] = lambda: None
+
+
+class Timer:
+    """Wall time per step, as ``BuildResult.timings``."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        """Record the time since the previous lap as ``step``."""
+        elapsed = time.perf_counter() - self.started
+        self.timings[step] = elapsed - sum(self.timings.values())
+
+
+class Workdir:
+    """A private temporary folder, removed in the background once it is not needed."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="stackgen-"))
+        self._removal: threading.Thread | None = None
+
+    def remove_soon(self) -> None:
+        """Start removing the folder (the build goes on meanwhile)."""
+        if self._removal is None:
+            self._removal = threading.Thread(
+                target=shutil.rmtree, args=(self.path,), kwargs={"ignore_errors": True}, daemon=True
+            )
+            self._removal.start()
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove_soon()
+        assert self._removal is not None
+        self._removal.join()
+
+
 def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) -> BuildResult:
     """Build and validate one overlay (with ``stack.yaml``, or plain kustomize).
 
@@ -86,134 +144,157 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
     """
     options = options or BuildOptions()
     tools.warm_up("kustomize", *(["kubeconform"] if options.validate else []))
+    timer = Timer()
     overlay_path = Path(overlay)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    stack_file = find_stack_file(overlay_path)
-    notices: list[str] = []
-    stack: Stack | None = None
-    source_problems: list[Problem] = []
-    workdir = Path(tempfile.mkdtemp(prefix="stackgen-"))
-    cleanup: threading.Thread | None = None
-    pending: KubeconformRun | None = None
-    try:
-        try:
-            if stack_file is not None:
-                # The schema check (jsonschema: ~0.1 s to import) runs while kustomize
-                # does; until then the data is trusted, and any failure is first put to
-                # the schema, whose word on bad input comes first.
-                data, stack_file = read_stack_data(overlay_path)
-                shown = display_path(stack_file)
-                try:
-                    stack = stack_from_data(data, overlay_path, stack_file)
-                    timings["load"] = time.perf_counter() - started
-                    source_problems = _source_secret_problems(_user_sources(stack))
-                except Exception:
-                    raise_config(stack_problems(data, shown))
-                    raise
-                try:
-                    composed = compose(
-                        stack, workdir / "tree", environ=options.environ, check=False
-                    )
-                except Exception:
-                    # What the checks say (a missing secret file, …) is the real problem.
-                    raise_config(stack_problems(data, shown))
-                    raise_config(_stack_checks(stack, options.environ))
-                    raise_config(source_problems)
-                    raise
-                notices += composed.notices
-                build_root = composed.root
-                file = stack.file
-                version = options.kubernetes_version or stack.kubernetes_version
-                ctx = PolicyContext(
-                    file=file,
-                    dind_allowed=stack.uses_dind,
-                    insecure_tls_allowed=stack.metrics_adapter.tls.insecure_skip_tls_verify,
-                )
-            else:
-                kfile = next(
-                    overlay_path / n for n in KUSTOMIZATION_FILES if (overlay_path / n).is_file()
-                )
-                raise_config(_source_secret_problems(_kustomize_files(overlay_path, first=kfile)))
-                build_root = overlay_path
-                file = display_path(kfile)
-                version = options.kubernetes_version or DEFAULT_KUBERNETES_VERSION
-                ctx = PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True)
-            timings["compose"] = time.perf_counter() - started - sum(timings.values())
-
-            kustomize = start_kustomize(build_root)
-            tool_error: ToolError | None = None
-            try:
-                if stack is not None:  # the schema, cross-field rules and secrets, meanwhile
-                    raise_config(stack_problems(data, shown))
-                    if composed.dispatcher_config is not None:
-                        check_dispatcher_config(composed.dispatcher_config, stack.file)
-                    raise_config(_stack_checks(stack, options.environ))
-                    raise_config(source_problems)
-                if options.validate:
-                    try:
-                        pending = warm_kubeconform(
-                            version, ignore_missing_schemas=options.ignore_missing_schemas
-                        )
-                    except ToolError as exc:  # reported after kustomize's own errors
-                        tool_error = exc
-            except BaseException:
-                kustomize.cancel()
-                raise
-            manifest = finish_kustomize(
-                kustomize, build_root, file, stack_overlay=stack.overlay if stack else None
-            )
-            if tool_error is not None:
-                raise tool_error
-            timings["kustomize"] = time.perf_counter() - started - sum(timings.values())
-        finally:
-            cleanup = threading.Thread(
-                target=shutil.rmtree, args=(workdir,), kwargs={"ignore_errors": True}, daemon=True
-            )
-            cleanup.start()
-
-        if pending is not None:
-            pending.validate(manifest)
-        try:
-            objects = yamlio.load_fast_all(manifest)
-        except yaml.YAMLError as exc:  # kustomize output is always YAML; this is a bug
-            raise BuildError(
-                Problem(file, "", f"kustomize printed unreadable YAML: {exc}")
-            ) from exc
-        result = BuildResult(
-            overlay=overlay_path,
-            manifest=manifest,
-            objects=objects,
-            stack=stack,
-            kubernetes_version=version,
-            notices=notices,
-            timings=timings,
-        )
-        if pending is not None:
-            policy = policy_problems(objects, ctx)
-            timings["policy"] = time.perf_counter() - started - sum(timings.values())
-            problems, summary = kubeconform_result(pending, version, file)
-            pending = None
-            result.kubeconform_summary = summary
-            timings["kubeconform"] = time.perf_counter() - started - sum(timings.values())
-            raise_if(problems + policy)
-    finally:
-        if pending is not None:
-            pending.cancel()
-        if cleanup is not None:
-            cleanup.join()
+    with Workdir() as workdir, contextlib.ExitStack() as cleanup:
+        if find_stack_file(overlay_path) is None:
+            source = plain_overlay(overlay_path, options)
+        else:
+            source = load_and_compose(overlay_path, workdir.path / "tree", options, timer)
+        timer.lap("compose")
+        manifest, kubeconform = kustomize_while_checking(source, options, cleanup)
+        timer.lap("kustomize")
+        workdir.remove_soon()
+        result = judge(manifest, kubeconform, source, overlay_path, timer)
     if options.server_dry_run:
-        problems, dry_notices = server_dry_run(objects, file)
-        result.notices += dry_notices
-        timings["server_dry_run"] = time.perf_counter() - started - sum(timings.values())
+        problems, notices = server_dry_run(result.objects, source.file)
+        result.notices += notices
+        timer.lap("server_dry_run")
         raise_if(problems)
     return result
 
 
-def _stack_checks(stack: Stack, environ: Mapping[str, str] | None) -> list[Problem]:
-    from stackgen.checks import check_stack
+def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Timer) -> Source:
+    """Step 1 for a ``stack.yaml`` overlay: the model, and the composed tree in ``dest``.
 
-    return check_stack(stack, environ=os.environ if environ is None else environ)
+    The schema check (jsonschema: ~0.1 s to import) is left to :attr:`Source.checks`,
+    which run while kustomize does; until then the data is trusted, and any failure here
+    is first put to the schema.
+    """
+    environ = os.environ if options.environ is None else options.environ
+    data, stack_file = read_stack_data(overlay)
+    shown = display_path(stack_file)
+
+    def schema_first() -> None:
+        raise_config(stack_problems(data, shown))
+
+    try:
+        stack = stack_from_data(data, overlay, stack_file)
+        timer.lap("load")
+        sources = literal_secrets(user_sources(stack))
+    except Exception:
+        schema_first()
+        raise
+    try:
+        composed = compose(stack, dest, environ=options.environ, check=False)
+    except Exception:
+        # What the checks say (a missing secret file, …) is the real problem.
+        schema_first()
+        raise_config(check_stack(stack, environ=environ))
+        raise_config(sources)
+        raise
+
+    def checks() -> None:
+        schema_first()
+        if composed.dispatcher_config is not None:
+            check_dispatcher_config(composed.dispatcher_config, stack.file)
+        raise_config(check_stack(stack, environ=environ))
+        raise_config(sources)
+
+    policy = PolicyContext(
+        file=stack.file,
+        dind_allowed=stack.uses_dind,
+        insecure_tls_allowed=stack.metrics_adapter.tls.insecure_skip_tls_verify,
+    )
+    return Source(
+        root=composed.root,
+        file=stack.file,
+        kubernetes_version=options.kubernetes_version or stack.kubernetes_version,
+        policy=policy,
+        stack=stack,
+        notices=composed.notices,
+        checks=checks,
+    )
+
+
+def plain_overlay(overlay: Path, options: BuildOptions) -> Source:
+    """Step 1 for a plain kustomize overlay: only its sources are checked (for secrets)."""
+    kfile = kustomization_file(overlay)
+    raise_config(literal_secrets(kustomize_files(overlay, first=kfile)))
+    file = display_path(kfile)
+    return Source(
+        root=overlay,
+        file=file,
+        kubernetes_version=options.kubernetes_version or DEFAULT_KUBERNETES_VERSION,
+        policy=PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True),
+    )
+
+
+def kustomize_while_checking(
+    source: Source, options: BuildOptions, cleanup: contextlib.ExitStack
+) -> tuple[bytes, KubeconformRun | None]:
+    """Step 2: ``kustomize build``; meanwhile the input's checks, and kubeconform warms up.
+
+    The checks' problems come first (kustomize is stopped); a missing kubeconform is
+    reported after kustomize's own errors.
+    """
+    kustomize = tools.start_kustomize(source.root)
+    tool_error: ToolError | None = None
+    kubeconform: KubeconformRun | None = None
+    try:
+        source.checks()
+        if options.validate:
+            try:
+                kubeconform = warm_kubeconform(
+                    source.kubernetes_version, ignore_missing_schemas=options.ignore_missing_schemas
+                )
+                cleanup.callback(kubeconform.cancel)  # a no-op once it has finished
+            except ToolError as exc:
+                tool_error = exc
+    except BaseException:
+        kustomize.cancel()
+        raise
+    overlay = source.stack.overlay if source.stack else None
+    manifest = tools.finish_kustomize(kustomize, source.root, source.file, stack_overlay=overlay)
+    if tool_error is not None:
+        raise tool_error
+    return manifest, kubeconform
+
+
+def judge(
+    manifest: bytes,
+    kubeconform: KubeconformRun | None,
+    source: Source,
+    overlay: Path,
+    timer: Timer,
+) -> BuildResult:
+    """Step 3: kubeconform validates while the objects are parsed and the policies run."""
+    if kubeconform is not None:
+        kubeconform.validate(manifest)
+    try:
+        objects = yamlio.load_fast_all(manifest)
+    except yaml.YAMLError as exc:  # kustomize output is always YAML; this is a bug
+        raise BuildError(
+            Problem(source.file, "", f"kustomize printed unreadable YAML: {exc}")
+        ) from exc
+    result = BuildResult(
+        overlay=overlay,
+        manifest=manifest,
+        objects=objects,
+        stack=source.stack,
+        kubernetes_version=source.kubernetes_version,
+        notices=list(source.notices),
+        timings=timer.timings,
+    )
+    if kubeconform is not None:
+        policy = check_objects(objects, source.policy)
+        timer.lap("policy")
+        problems, result.kubeconform_summary = kubeconform_result(
+            kubeconform, source.kubernetes_version, source.file
+        )
+        timer.lap("kubeconform")
+        raise_if(problems + policy)
+    return result
 
 
 def raise_config(problems: list[Problem]) -> None:
@@ -222,85 +303,7 @@ def raise_config(problems: list[Problem]) -> None:
         raise ConfigError(problems)
 
 
-def run_kustomize(root: Path, file: str, *, stack_overlay: Path | None = None) -> bytes:
-    """``kustomize build`` one folder; failures become one-line BuildErrors."""
-    return finish_kustomize(start_kustomize(root), root, file, stack_overlay=stack_overlay)
-
-
-def start_kustomize(root: Path) -> tools.Running:
-    """Start ``kustomize build`` of one folder in the background."""
-    tool = tools.kustomize()
-    if tool.notice:
-        from stackgen.output import notice
-
-        notice(tool.notice)
-    return tools.start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
-
-
-def finish_kustomize(
-    running: tools.Running, root: Path, file: str, *, stack_overlay: Path | None = None
-) -> bytes:
-    """Wait for :func:`start_kustomize`; its failures become one-line BuildErrors."""
-    proc = running.wait()
-    if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace")
-        raise BuildError(_kustomize_problems(text, root, file, stack_overlay))
-    return proc.stdout
-
-
-def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) -> list[Problem]:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
-    errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
-    problems = []
-    for line in errors:
-        # Map temp-tree paths back to the user's overlay so the message names real files.
-        if overlay is not None:
-            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
-        line = line.replace(str(root) + "/", "").replace(str(root), ".")
-        problems.append(Problem(file, "", f"kustomize: {line}"))
-    return problems or [Problem(file, "", "kustomize failed without a message")]
-
-
-# ------------------------------------------------------------- literal-secret sources
-
-
-def _user_sources(stack: Stack) -> list[Path]:
-    """The user's own kustomize files that go into a stack."""
-    paths: list[Path] = []
-    for rel in [*stack.kustomize.resources, *stack.kustomize.components]:
-        path = stack.overlay / rel
-        paths += _kustomize_files(path)
-    for patch in stack.kustomize.patches:
-        if "path" in patch:
-            paths.append(stack.overlay / patch["path"])
-    return paths
-
-
-def _kustomize_files(path: Path, first: Path | None = None) -> list[Path]:
-    """A resource file, or a kustomization folder's files (recursively, inside it)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        return []
-    out = [first] if first else []
-    for candidate in sorted(path.rglob("*")):
-        if candidate.suffix in (".yaml", ".yml") and candidate.is_file() and candidate != first:
-            out.append(candidate)
-    return out
-
-
-def _source_secret_problems(paths: list[Path]) -> list[Problem]:
-    problems: list[Problem] = []
-    for path in paths:
-        try:
-            docs = list(yamlio.load_all(path.read_bytes()))
-        except (OSError, yaml.YAMLError):
-            continue  # kustomize reports unreadable files with its own words
-        if path.name == "stack.yaml":
-            continue
-        problems += literal_secret_problems(path, docs, display_path(path))
-    return problems
-
-
-__all__ = ["BuildOptions", "BuildResult", "build"]
+def raise_if(problems: list[Problem]) -> None:
+    """Raise a ValidationError carrying ``problems`` when there are any."""
+    if problems:
+        raise ValidationError(problems)

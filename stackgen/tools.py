@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from stackgen.errors import ToolError
-from stackgen.resources import repo_root
+from stackgen.common.errors import BuildError, Problem, ToolError
+from stackgen.common.files import display_path
+from stackgen.common.output import notice
+from stackgen.common.resources import repo_root
 
 KUSTOMIZE_INSTALL = "go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.1"
 KUBECONFORM_INSTALL = "go install github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0"
@@ -295,3 +297,43 @@ def start(
 ) -> Running:
     """Start a tool in the background (see :func:`run` and :class:`Running`)."""
     return Running(tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin)
+
+
+# ------------------------------------------------------------------------- kustomize build
+
+
+def start_kustomize(root: Path) -> Running:
+    """Start ``kustomize build`` of one folder in the background."""
+    tool = kustomize()
+    if tool.notice:
+        notice(tool.notice)
+    return start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+
+
+def finish_kustomize(
+    running: Running, root: Path, file: str, *, stack_overlay: Path | None = None
+) -> bytes:
+    """Wait for :func:`start_kustomize`; its failures become one-line BuildErrors.
+
+    ``stack_overlay``: the overlay a composed tree copied (``root/stack/overlay``), so the
+    messages name the user's files, not the temporary tree's.
+    """
+    proc = running.wait()
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace")
+        raise BuildError(_kustomize_problems(text, root, file, stack_overlay))
+    return proc.stdout
+
+
+def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) -> list[Problem]:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
+    errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
+    problems = []
+    for line in errors:
+        # Map temp-tree paths back to the user's overlay so the message names real files.
+        if overlay is not None:
+            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
+        line = line.replace(str(root) + "/", "").replace(str(root), ".")
+        problems.append(Problem(file, "", f"kustomize: {line}"))
+    return problems or [Problem(file, "", "kustomize failed without a message")]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackgen.dispatcher.config import QueueConfig
+from stackgen.common.models import DispatchedQueue, DispatchSettings
 from stackgen.dispatcher.jobs import build_job
 from stackgen.dispatcher.planner import CreateJob, Demand, WaitingJob
 from tests.support.fake_kube import cronjob_template
@@ -41,26 +41,28 @@ class Scenario:
         return self.queues // 2
 
 
-def queue_configs(sc: Scenario) -> list[QueueConfig]:
+def queue_configs(sc: Scenario) -> list[DispatchedQueue]:
     """Half dispatch, half exact; bounds high enough that the planner creates."""
     out = []
     for i in range(sc.queues):
         mode = "dispatch" if i < sc.dispatch_queues else "exact"
         name = f"q{i:03d}-{mode}"
         out.append(
-            QueueConfig(
+            DispatchedQueue(
                 name=name,
                 mode=mode,  # type: ignore[arg-type]
                 template=f"buildkite-agent-{name}",
                 min_agents=0,
                 max_agents=1000,
                 buffer=2 if mode == "dispatch" else 0,
-                poll_interval=10.0,
-                cooldown_share=0.5,
-                cooldown_timeout=120.0,
-                active_deadline_seconds=10800,
-                ttl_seconds_after_finished=300,
-                pod_start_timeout=300.0,
+                dispatch=DispatchSettings(
+                    poll_interval_seconds=10.0,
+                    cooldown_share=0.5,
+                    cooldown_timeout_seconds=120.0,
+                    active_deadline_seconds=10800,
+                    ttl_seconds_after_finished=300,
+                    pod_start_timeout_seconds=300.0,
+                ),
                 git_mirror=None,
             )
         )
@@ -158,7 +160,7 @@ def world(sc: Scenario) -> dict[str, Any]:
     }
 
 
-def _cronjob(q: QueueConfig) -> dict[str, Any]:
+def _cronjob(q: DispatchedQueue) -> dict[str, Any]:
     cron = cronjob_template(q.template, q.name)
     cron["metadata"]["uid"] = str(uuid.uuid5(uuid.NAMESPACE_DNS, q.template))
     cron["metadata"]["namespace"] = "buildkite"
@@ -190,7 +192,7 @@ def _cronjob(q: QueueConfig) -> dict[str, Any]:
 
 def _job(
     cron: dict[str, Any],
-    q: QueueConfig,
+    q: DispatchedQueue,
     dispatch_id: str,
     parallelism: int,
     buildkite_job: str | None,

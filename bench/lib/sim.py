@@ -41,8 +41,8 @@ from typing import Any
 
 from bench.lib.common import percentile
 from bench.lib.trace import Trace
-from stackgen.dispatcher.config import QueueConfig
-from stackgen.dispatcher.loop import (
+from stackgen.common.models import DispatchedQueue, DispatchSettings
+from stackgen.dispatcher.cycle import (
     COOLDOWN_RECHECK,
     CREATE_CONCURRENCY,
     PICKUP_RECHECK,
@@ -200,20 +200,22 @@ class StackgenStrategy:
     what_if: bool = False
     kind: str = "stackgen"
 
-    def queue_config(self, queue: str, max_agents: int) -> QueueConfig:
-        return QueueConfig(
+    def queue_config(self, queue: str, max_agents: int) -> DispatchedQueue:
+        return DispatchedQueue(
             name=queue,
             mode=self.mode,  # type: ignore[arg-type]
             template=f"buildkite-agent-{queue}",
             min_agents=0,
             max_agents=max_agents,
             buffer=self.buffer if self.mode == "dispatch" else 0,
-            poll_interval=self.poll_interval,
-            cooldown_share=self.cooldown_share,
-            cooldown_timeout=self.cooldown_timeout,
-            active_deadline_seconds=10800,
-            ttl_seconds_after_finished=int(self.ttl_after_finished),
-            pod_start_timeout=self.pod_start_timeout,
+            dispatch=DispatchSettings(
+                poll_interval_seconds=self.poll_interval,
+                cooldown_share=self.cooldown_share,
+                cooldown_timeout_seconds=self.cooldown_timeout,
+                active_deadline_seconds=10800,
+                ttl_seconds_after_finished=int(self.ttl_after_finished),
+                pod_start_timeout_seconds=self.pod_start_timeout,
+            ),
         )
 
 
@@ -913,7 +915,7 @@ class Dispatcher:
         for queue in queues:
             if self.s.mode == "exact":
                 clock += p.buildkite_rtt
-            self.next_due[queue] = sim.now + self.configs[queue].poll_interval
+            self.next_due[queue] = sim.now + self.configs[queue].dispatch.poll_interval_seconds
         clock += 2 * p.kube_rtt
         for queue in queues:
             cfg = self.configs[queue]

@@ -23,7 +23,7 @@ from typing import Any
 from stackgen.adapter.store import AGE_METRIC, SOURCE_COUNTS, SOURCE_JOBS, MetricStore
 from stackgen.buildkite import AgentAPI, Backoff, BuildkiteError, NotFound, RateLimited
 from stackgen.buildkite.models import RegisteredStack
-from stackgen.logs import get_logger
+from stackgen.common.logs import get_logger
 
 __all__ = ["Poller", "stack_key_for"]
 

@@ -35,7 +35,7 @@ from stackgen.adapter.auth import (
 from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import MetricStore
 from stackgen.adapter.tls import ServerTLS
-from stackgen.logs import get_logger
+from stackgen.common.logs import get_logger
 
 __all__ = ["AdapterServer", "AdapterSettings", "RequestHeaderFlags", "run"]
 

@@ -14,7 +14,6 @@ rotation) or the request-header settings change; connections already open keep t
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import socket
 import ssl
@@ -24,39 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from stackgen.adapter.auth import RequestHeaderConfig
+from stackgen.common.certs import self_signed_pair
 
 __all__ = ["ServerTLS", "self_signed_pair"]
-
-
-def self_signed_pair(names: list[str], *, days: int = 365) -> tuple[bytes, bytes]:
-    """A throwaway self-signed serving certificate and key (PEM) for ``names``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def _stat(path: Path) -> tuple[int, int, int]:

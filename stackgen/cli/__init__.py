@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import click
 
-from stackgen import __version__
-from stackgen.errors import StackgenError, ToolError
-from stackgen.output import err
-from stackgen.status import ExitStatus
+from stackgen.common.errors import StackgenError, ToolError
+from stackgen.common.output import err
+from stackgen.common.status import ExitStatus
+from stackgen.common.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -6,7 +6,7 @@ import click
 
 from stackgen.cli import handle_errors
 from stackgen.cli import options as opts
-from stackgen.output import notice, out
+from stackgen.common.output import notice, out
 
 
 @click.command("build")

@@ -95,12 +95,12 @@ def refresh(config_path: str, name: str, kubeconfig: str | None) -> None:
     import time
     from pathlib import Path
 
-    from stackgen import logs
-    from stackgen.config import read_yaml_file
+    from stackgen.common import logs
+    from stackgen.common.errors import ConfigError, Problem
+    from stackgen.common.files import read_yaml_file
     from stackgen.dispatcher import mirrors
     from stackgen.dispatcher.config import from_dict
     from stackgen.dispatcher.kube import ClientKube
-    from stackgen.errors import ConfigError, Problem
 
     config = from_dict(read_yaml_file(Path(config_path)), config_path)
     mirror = next((m for m in config.mirrors if m.name == name), None)

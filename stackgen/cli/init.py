@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from stackgen.cli import handle_errors
-from stackgen.errors import ConfigError, Problem
-from stackgen.output import err
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
+from stackgen.common.output import err
 
 _QUEUE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?::(?P<mode>hpa|dispatch|exact))?$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _queue(
@@ -41,7 +40,7 @@ def _queue(
 )
 @click.option("--name", default=None, help="Stack name (default: the folder's name).")
 @click.option("--namespace", default=None, help="Namespace (default: the stack name).")
-@click.option("--kubernetes-version", default="1.33.0", show_default=True)
+@click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True)
 @handle_errors
 def command(
     directory: Path,
@@ -60,54 +59,14 @@ def command(
       stackgen init overlays/my-stack --queue default:dispatch
       stackgen init overlays/ci --queue linux:hpa --queue deploy:exact
     """
-    import jinja2
+    from stackgen.stack.scaffold import scaffold
 
-    from stackgen.certs import generate_adapter_certs
-    from stackgen.config import display_path
-    from stackgen.resources import templates_dir
-
-    shown = display_path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise ConfigError(Problem(shown, "", "exists and is not empty: choose a new folder"))
-    name = name or directory.resolve().name.lower()
-    namespace = namespace or name
-    for label, value in (("--name", name), ("--namespace", namespace)):
-        if not _LABEL.match(value) or len(value) > 40:
-            raise ConfigError(
-                Problem(
-                    shown, label, f"{value!r} is not a DNS label (lower-case letters, digits, '-')"
-                )
-            )
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir() / "init")),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
+    shown = scaffold(
+        directory,
+        queues,
+        name=name,
+        namespace=namespace,
+        kubernetes_version=kubernetes_version,
     )
-    hpa = any(q["mode"] == "hpa" for q in queues)
-    context = {
-        "directory": shown,
-        "name": name,
-        "namespace": namespace,
-        "kubernetes_version": kubernetes_version,
-        "queues": queues,
-        "hpa": hpa,
-    }
-    files = {
-        "stack.yaml": ("stack.yaml.j2", 0o644),
-        ".gitignore": ("gitignore.j2", 0o644),
-        "hooks/environment": ("environment-hook.j2", 0o755),
-        "secrets/agent-token": ("agent-token.j2", 0o600),
-    }
-    for rel, (template, mode) in files.items():
-        path = directory / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(env.get_template(template).render(**context), encoding="utf-8")
-        path.chmod(mode)
-    (directory / "secrets").chmod(0o700)
-    if hpa:
-        generate_adapter_certs(namespace, directory / "secrets" / "metrics-adapter")
     err(f"created {shown}: put your agent token in {shown}/secrets/agent-token, then")
     err(f"  stackgen build {shown} | kubectl apply -f -")

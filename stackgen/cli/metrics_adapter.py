@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from stackgen.cli import handle_errors
-from stackgen.errors import StackgenError
-
-DEFAULT_ENDPOINT = "https://agent.buildkite.com/v3"
+from stackgen.common.errors import StackgenError
+from stackgen.common.names import AGENT_TOKEN_ENV, DEFAULT_ENDPOINT
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -161,13 +160,13 @@ def command(
     """
     import ssl
 
-    from stackgen import logs
     from stackgen.adapter.auth import AuthConfigError
     from stackgen.adapter.server import AdapterSettings, RequestHeaderFlags, run
+    from stackgen.common import logs
 
-    token = os.environ.get("BUILDKITE_AGENT_TOKEN", "").strip()
+    token = os.environ.get(AGENT_TOKEN_ENV, "").strip()
     if not token:
-        raise StackgenError("BUILDKITE_AGENT_TOKEN is not set: the adapter needs the agent token")
+        raise StackgenError(f"{AGENT_TOKEN_ENV} is not set: the adapter needs the agent token")
     logs.register_secret(token)
     logs.configure(log_level, component="metrics-adapter")
     requestheader = None

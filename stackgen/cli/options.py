@@ -7,9 +7,14 @@ from typing import Any, TypeVar
 
 import click
 
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-_VERSION_HELP = "Kubernetes version to validate against (default: stack.yaml's, else 1.33.0)."
+_VERSION_HELP = (
+    "Kubernetes version to validate against "
+    f"(default: stack.yaml's, else {DEFAULT_KUBERNETES_VERSION})."
+)
 
 
 def kubernetes_version(func: F) -> F:
@@ -31,7 +36,9 @@ def _check_version(ctx: click.Context, param: click.Parameter, value: str | None
     if len(parts) == 2:
         parts.append("0")
     if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise click.BadParameter("must look like 1.33.0", ctx=ctx, param=param)
+        raise click.BadParameter(
+            f"must look like {DEFAULT_KUBERNETES_VERSION}", ctx=ctx, param=param
+        )
     return ".".join(parts)
 
 

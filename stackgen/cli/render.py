@@ -10,8 +10,8 @@ import click
 
 from stackgen.cli import handle_errors
 from stackgen.cli import options as opts
-from stackgen.errors import ConfigError, Problem
-from stackgen.output import err, notice
+from stackgen.common.errors import ConfigError, Problem
+from stackgen.common.output import err, notice
 
 
 @click.command("render")
@@ -42,9 +42,10 @@ def command(overlay: str, out_dir: Path, force: bool, validate: bool) -> None:
       stackgen render overlays/example --out rendered/example
       kustomize build rendered/example | kubectl apply -f -
     """
+    from stackgen.common.files import display_path
     from stackgen.compose import compose
-    from stackgen.config import display_path, load_stack
     from stackgen.pipeline import BuildOptions, build
+    from stackgen.stack.load import load_stack
 
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ConfigError(

@@ -7,7 +7,7 @@ import json
 import click
 
 from stackgen.cli import handle_errors
-from stackgen.output import out
+from stackgen.common.output import out
 
 
 @click.command("schema")
@@ -27,10 +27,10 @@ def command(dispatcher: bool, markdown: bool) -> None:
       stackgen schema --dispatcher
       stackgen schema --markdown > docs/stack-reference.md
     """
-    from stackgen.resources import load_schema
+    from stackgen.common.resources import load_schema
 
     if markdown:
-        from stackgen.reference import render_reference
+        from stackgen.stack.reference import render_reference
 
         out(render_reference(), nl=False)
         return

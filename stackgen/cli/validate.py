@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from stackgen.cli import options as opts
-from stackgen.errors import StackgenError, ToolError
-from stackgen.output import err, notice, out
-from stackgen.status import ExitStatus
+from stackgen.common.errors import StackgenError, ToolError
+from stackgen.common.output import err, notice, out
+from stackgen.common.status import ExitStatus
 
 
 @click.command("validate")

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from stackgen import logs
 from stackgen.buildkite import AgentAPI
+from stackgen.common import logs
 from stackgen.dispatcher.config import DispatcherConfig
+from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.jobs import OUR_JOBS
 from stackgen.dispatcher.kube import ClientKube, Kube
 from stackgen.dispatcher.leader import LeaderElector
-from stackgen.dispatcher.loop import Dispatcher
 from stackgen.dispatcher.metrics import Metrics
 from stackgen.dispatcher.server import Endpoint, Server
 

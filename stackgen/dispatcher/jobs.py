@@ -15,11 +15,10 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from stackgen.dispatcher.config import QueueConfig
-from stackgen.dispatcher.kube import Kube
+from stackgen.common.models import DispatchedQueue
+from stackgen.common.names import AGENT_CONTAINER, AGENT_TOKEN_ENV
+from stackgen.dispatcher.kube import JSON, Kube
 from stackgen.dispatcher.planner import CreateJob, JobView
-
-JSON = dict[str, Any]
 
 LABEL_DISPATCH_ID = "stackgen.io/dispatch-id"
 LABEL_QUEUE = "stackgen.io/queue"
@@ -29,7 +28,6 @@ LABEL_WARM = "stackgen.io/warm"
 ANNOTATION_QUEUE = "stackgen.io/queue"
 #: Every Job the dispatcher made carries a dispatch ID: the selector for "ours".
 OUR_JOBS = LABEL_DISPATCH_ID
-AGENT_CONTAINER = "agent"
 IDLE_FLAG = "--disconnect-after-idle-timeout"
 #: Pods are read for a Job this close to its pod start timeout, so a stuck Job's reason
 #: (Unschedulable, ErrImagePull, …) is known when the planner gives up on it.
@@ -51,7 +49,7 @@ def acquisition_secret_name(job_name: str) -> str:
 def build_job(
     cronjob: JSON,
     action: CreateJob,
-    queue: QueueConfig,
+    queue: DispatchedQueue,
     *,
     mirror_claim: str | None = None,
     mirror_path: str | None = None,
@@ -82,8 +80,8 @@ def build_job(
     # One agent failing must not fail (and so stop) its siblings mid-build; exact-mode
     # agents are not retried: exit 27 means another agent already took the job.
     spec["backoffLimit"] = 0 if action.buildkite_job else action.parallelism
-    spec["activeDeadlineSeconds"] = queue.active_deadline_seconds
-    spec["ttlSecondsAfterFinished"] = queue.ttl_seconds_after_finished
+    spec["activeDeadlineSeconds"] = queue.dispatch.active_deadline_seconds
+    spec["ttlSecondsAfterFinished"] = queue.dispatch.ttl_seconds_after_finished
     pod = spec.setdefault("template", {})
     pod_meta = pod.setdefault("metadata", {})
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **ours}
@@ -96,11 +94,11 @@ def build_job(
             e for e in container.get("env") or [] if e.get("name") != "BUILDKITE_AGENT_ACQUIRE_JOB"
         ]
         for entry in env:
-            if entry.get("name") == "BUILDKITE_AGENT_TOKEN":
+            if entry.get("name") == AGENT_TOKEN_ENV:
                 # The agent registers with a token good for this one job only.
                 entry.clear()
                 entry.update(
-                    name="BUILDKITE_AGENT_TOKEN",
+                    name=AGENT_TOKEN_ENV,
                     valueFrom={
                         "secretKeyRef": {
                             "name": acquisition_secret_name(action.name),
@@ -214,7 +212,7 @@ def _condition(job: JSON, kind: str) -> bool:
 
 
 def list_views(
-    kube: Kube, queues: dict[str, QueueConfig], now: float, jobs: list[JSON] | None = None
+    kube: Kube, queues: dict[str, DispatchedQueue], now: float, jobs: list[JSON] | None = None
 ) -> list[JobView]:
     """Our Jobs as the planner sees them; their pods are listed only when a view needs them.
 
@@ -233,7 +231,7 @@ def list_views(
 
 
 def _pods_needed(
-    jobs: list[JSON], views: list[JobView], queues: dict[str, QueueConfig], now: float
+    jobs: list[JSON], views: list[JobView], queues: dict[str, DispatchedQueue], now: float
 ) -> bool:
     for job in jobs:
         status = job.get("status") or {}
@@ -242,13 +240,16 @@ def _pods_needed(
     for view in views:
         if view.finished or view.started > 0:
             continue
-        if now - view.created_at >= queues[view.queue].pod_start_timeout - STUCK_MARGIN:
+        if (
+            now - view.created_at
+            >= queues[view.queue].dispatch.pod_start_timeout_seconds - STUCK_MARGIN
+        ):
             return True
     return False
 
 
 def job_views(
-    jobs: Iterable[JSON], pods: Iterable[JSON], queues: dict[str, QueueConfig]
+    jobs: Iterable[JSON], pods: Iterable[JSON], queues: dict[str, DispatchedQueue]
 ) -> list[JobView]:
     """Our Jobs (and why their pods wait) as the planner sees them."""
     waiting: dict[str, str] = {}

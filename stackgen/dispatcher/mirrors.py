@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stackgen.dispatcher.config import MirrorConfig
+from stackgen.common.models import GitMirror
+from stackgen.common.names import GIT_MIRROR
 from stackgen.dispatcher.jobs import parse_time
 from stackgen.dispatcher.kube import JSON, Kube, KubeError
 
@@ -89,7 +90,7 @@ def prune(kube: Kube, name: str, *, keep: int, now: float | None = None) -> list
     return deleted
 
 
-def claim_body(mirror: MirrorConfig, name: str, labels: dict[str, str]) -> JSON:
+def claim_body(mirror: GitMirror, name: str, labels: dict[str, str]) -> JSON:
     """A fresh mirror volume (ReadWriteMany: written once, then read by many pods)."""
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany"],
@@ -108,7 +109,7 @@ def claim_body(mirror: MirrorConfig, name: str, labels: dict[str, str]) -> JSON:
     }
 
 
-def clone_job_body(mirror: MirrorConfig, claim: str, labels: dict[str, str]) -> JSON:
+def clone_job_body(mirror: GitMirror, claim: str, labels: dict[str, str]) -> JSON:
     """The Job that clones the repository into a mirror volume (Pod Security restricted)."""
     target = f"/mirror/{mirror_dir(mirror.repository)}"
     return {
@@ -171,7 +172,7 @@ def clone_job_body(mirror: MirrorConfig, claim: str, labels: dict[str, str]) -> 
 
 def refresh(
     kube: Kube,
-    mirror: MirrorConfig,
+    mirror: GitMirror,
     *,
     now: float,
     timeout: float = 3600,
@@ -182,7 +183,7 @@ def refresh(
     """Build a fresh mirror volume; return its name once ready (raise on failure)."""
     claim = f"git-mirror-{mirror.name}-{int(now)}"
     labels = {
-        "app.kubernetes.io/name": "stackgen-git-mirror",
+        "app.kubernetes.io/name": GIT_MIRROR,
         "app.kubernetes.io/component": "git-mirror",
     }
     kube.create_pvc(claim_body(mirror, claim, labels))

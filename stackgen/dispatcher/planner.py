@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stackgen.dispatcher.config import QueueConfig
+from stackgen.common.models import DispatchedQueue
 
 #: Job names must stay label-safe (<= 63 characters).
 MAX_NAME = 63
@@ -188,17 +188,21 @@ def job_name(template: str, dispatch_id: str, index: int | None = None) -> str:
     return name
 
 
-def _stuck(job: JobView, queue: QueueConfig, now: float) -> bool:
-    return not job.finished and job.started == 0 and now - job.created_at >= queue.pod_start_timeout
+def _stuck(job: JobView, queue: DispatchedQueue, now: float) -> bool:
+    return (
+        not job.finished
+        and job.started == 0
+        and now - job.created_at >= queue.dispatch.pod_start_timeout_seconds
+    )
 
 
-def _stuck_reason(job: JobView, queue: QueueConfig) -> str:
+def _stuck_reason(job: JobView, queue: DispatchedQueue) -> str:
     why = job.waiting_reason or "no pod started"
-    return f"pod of Job {job.name} did not start within {queue.pod_start_timeout:.0f}s: {why}"
+    return f"pod of Job {job.name} did not start within {queue.dispatch.pod_start_timeout_seconds:.0f}s: {why}"
 
 
 def plan_queue(
-    queue: QueueConfig,
+    queue: DispatchedQueue,
     demand: Demand,
     jobs: Iterable[JobView],
     memory: QueueMemory,
@@ -220,7 +224,7 @@ def plan_queue(
 
 
 def _plan_dispatch(
-    queue: QueueConfig,
+    queue: DispatchedQueue,
     demand: Demand,
     jobs: list[JobView],
     memory: QueueMemory,
@@ -262,7 +266,7 @@ def _plan_dispatch(
 
     last = _last_job(live)
     if last is not None and not last.finished:
-        needed = math.ceil(queue.cooldown_share * last.completions)
+        needed = math.ceil(queue.dispatch.cooldown_share * last.completions)
         age = now - last.created_at
         if last.started >= needed:
             pass
@@ -270,7 +274,7 @@ def _plan_dispatch(
             plan.notes.append(
                 f"cooldown of {last.dispatch_id} skipped: a webhook announced new jobs"
             )
-        elif age < queue.cooldown_timeout:
+        elif age < queue.dispatch.cooldown_timeout_seconds:
             plan.cooldown = True
             plan.notes.append(
                 f"cooldown: {last.started}/{last.completions} agents of {last.dispatch_id} "
@@ -303,7 +307,7 @@ def _last_job(jobs: list[JobView]) -> JobView | None:
 
 
 def _plan_exact(
-    queue: QueueConfig,
+    queue: DispatchedQueue,
     demand: Demand,
     jobs: list[JobView],
     memory: QueueMemory,
@@ -314,7 +318,7 @@ def _plan_exact(
     seen = {j.buildkite_job for j in jobs if j.buildkite_job}
     # A Job we created shows up in the next listing; until then, remember it ourselves.
     for uuid, at in list(memory.just_dispatched.items()):
-        if uuid in seen or now - at > max(60.0, queue.pod_start_timeout):
+        if uuid in seen or now - at > max(60.0, queue.dispatch.pod_start_timeout_seconds):
             del memory.just_dispatched[uuid]
     live: list[JobView] = []
     retry: list[tuple[str, int]] = []

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stackgen.status import ExitStatus
+from stackgen.common.status import ExitStatus
 from tests.conftest import ROOT
 from tests.e2e.conftest import Cluster, versions, wait_for
 

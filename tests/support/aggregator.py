@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from stackgen import certs
+from stackgen.common import certs
 
 ADAPTER = "stackgen-metrics-adapter"
 ADAPTER_PORT = 6443

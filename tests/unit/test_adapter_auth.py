@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from stackgen import certs
 from stackgen.adapter.api import AdapterAPI
 from stackgen.adapter.auth import (
     AuthConfigError,
@@ -36,6 +35,7 @@ from stackgen.adapter.server import AdapterServer
 from stackgen.adapter.store import MetricStore
 from stackgen.adapter.tls import ServerTLS
 from stackgen.buildkite.models import MetricsSnapshot, QueueMetrics
+from stackgen.common import certs
 
 METRIC_PATH = (
     "/apis/external.metrics.k8s.io/v1beta1/namespaces/buildkite/buildkite_jobs_scheduled"

@@ -14,9 +14,9 @@ import yaml
 
 import stackgen
 from stackgen import tools
+from stackgen.common.resources import load_schema
 from stackgen.compose import dispatcher_config, split_image
 from stackgen.pipeline import BuildOptions, build
-from stackgen.resources import load_schema
 from tests.conftest import ROOT
 from tests.unit.conftest import EXAMPLE, Run
 

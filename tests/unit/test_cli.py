@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from stackgen.cli import cli
-from stackgen.config import load_stack
-from stackgen.resources import load_schema
+from stackgen.common.resources import load_schema
+from stackgen.stack.load import load_stack
 from tests.unit.conftest import Run
 
 COMMANDS = ["build", "validate", "init", "render", "schema"]
@@ -65,7 +65,7 @@ def test_validate_json(stackgen: Callable[..., Run], tmp_path: Path) -> None:
 
 
 def test_validate_other_kubernetes_version(stackgen: Callable[..., Run], tmp_path: Path) -> None:
-    from stackgen import kubeschemas
+    from stackgen.validation import kubeschemas
     from tests.conftest import ROOT
 
     schemas = tmp_path / "schemas"
@@ -132,7 +132,7 @@ def test_build_stdout_is_only_yaml(stackgen: Callable[..., Run]) -> None:
 
 
 def test_reference_doc_is_in_sync_with_the_schema() -> None:
-    from stackgen.reference import render_reference
+    from stackgen.stack.reference import render_reference
     from tests.conftest import ROOT
 
     committed = (ROOT / "docs" / "stack-reference.md").read_text()

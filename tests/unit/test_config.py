@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from stackgen import config
-from stackgen.config import DispatchSettings, HpaSettings, load_stack, queue_slug
-from stackgen.errors import ConfigError
-from stackgen.resources import load_schema
-from stackgen.schema_errors import did_you_mean, format_path
+from stackgen.common import names
+from stackgen.common.errors import ConfigError
+from stackgen.common.resources import load_schema
+from stackgen.common.schema_errors import did_you_mean, format_path
+from stackgen.stack.load import load_stack
+from stackgen.stack.model import DispatchSettings, HpaSettings, queue_slug
 from tests.conftest import ROOT
 from tests.unit.conftest import EXAMPLE
 
@@ -67,7 +68,7 @@ def test_versions_file_agrees_with_python() -> None:
         if line and not line.startswith("#")
     )
     major_minor = re.match(r"v(\d+\.\d+)\.", versions["KUBERNETES_VERSION"]).group(1)  # type: ignore[union-attr]
-    assert config.DEFAULT_KUBERNETES_VERSION.startswith(major_minor + ".")
+    assert names.DEFAULT_KUBERNETES_VERSION.startswith(major_minor + ".")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f"kubernetes-validate=={versions['KUBERNETES_VALIDATE_VERSION']}" in pyproject
     from stackgen import tools

@@ -8,11 +8,11 @@ from pathlib import Path
 import yaml
 
 from stackgen.compose import dispatcher_config
-from stackgen.config import load_stack
 from stackgen.dispatcher.config import from_dict, load
 from stackgen.dispatcher.jobs import build_job
 from stackgen.dispatcher.mirrors import mirror_dir
 from stackgen.dispatcher.planner import CreateJob
+from stackgen.stack.load import load_stack
 from tests.conftest import ROOT
 from tests.support.fake_kube import cronjob_template
 from tests.unit.conftest import Run
@@ -26,7 +26,11 @@ def test_generated_config_loads() -> None:
         ("deploy", "exact"),
     ]
     builds = config.queue("builds")
-    assert builds is not None and builds.git_mirror == "monorepo" and builds.cooldown_share == 0.8
+    assert (
+        builds is not None
+        and builds.git_mirror == "monorepo"
+        and builds.dispatch.cooldown_share == 0.8
+    )
     assert config.webhook_enabled and config.webhook_token_env == "BUILDKITE_WEBHOOK_TOKEN"
     (mirror,) = config.mirrors
     assert mirror.mount_path == "/buildkite/git-mirrors"
@@ -52,7 +56,7 @@ def test_missing_token_env_fails_at_start(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(dispatcher_config(stack)))
     import pytest
 
-    from stackgen.errors import ConfigError
+    from stackgen.common.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         load(path, environ={})

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from stackgen import logs
 from stackgen.buildkite import AgentAPI
+from stackgen.common import logs
 from stackgen.dispatcher.config import DispatcherConfig, from_dict
+from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.jobs import LABEL_BUILDKITE_JOB, LABEL_DISPATCH_ID, LABEL_QUEUE
 from stackgen.dispatcher.leader import LeaderElector
-from stackgen.dispatcher.loop import Dispatcher
 from stackgen.dispatcher.metrics import Metrics
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
 from tests.support.fake_kube import FakeKube, cronjob_template

@@ -9,10 +9,10 @@ from typing import Any
 
 from stackgen.buildkite import AgentAPI
 from stackgen.dispatcher.config import from_dict
+from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.jobs import LABEL_QUEUE, OUR_JOBS
 from stackgen.dispatcher.kube import JSON, KubeError
-from stackgen.dispatcher.loop import Dispatcher
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
 from tests.support.fake_kube import FakeKube, cronjob_template
 from tests.unit.test_dispatcher_loop import TOKEN, config_dict

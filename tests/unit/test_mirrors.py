@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from stackgen.common.models import GitMirror
 from stackgen.dispatcher import mirrors
-from stackgen.dispatcher.config import MirrorConfig
 from tests.support.fake_buildkite import VirtualClock
 from tests.support.fake_kube import FakeKube
 
-MIRROR = MirrorConfig(
+MIRROR = GitMirror(
     name="mono",
     repository="https://github.com/example/mono.git",
     storage="10Gi",

@@ -36,7 +36,7 @@ def test_wheel_builds_the_example_outside_the_repository(tmp_path: Path) -> None
         "stackgen/_data/bases/agent-pool/agent-horizontalpodautoscaler.yaml",
         "stackgen/_data/components/dind/kustomization.yaml",
         "stackgen/_data/schemas/stack.schema.json",
-        "stackgen/templates/stack/stack-kustomization.yaml.j2",
+        "stackgen/templates/init/stack.yaml.j2",
         "stackgen/py.typed",
     ):
         assert expected in names, expected

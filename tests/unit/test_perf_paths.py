@@ -8,7 +8,11 @@ from stackgen.dispatcher.config import from_dict
 from stackgen.dispatcher.jobs import list_views
 from stackgen.dispatcher.kube import slim_listed_job
 from stackgen.pipeline import build
-from stackgen.validation import kubeconform_problems, kubeconform_result, warm_kubeconform
+from stackgen.validation.kubeconform import (
+    kubeconform_problems,
+    kubeconform_result,
+    warm_kubeconform,
+)
 from tests.support.fake_buildkite import VirtualClock
 from tests.support.fake_kube import FakeKube
 from tests.unit.conftest import EXAMPLE

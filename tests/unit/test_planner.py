@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from stackgen.dispatcher.config import QueueConfig
+from stackgen.common.models import DispatchedQueue, DispatchSettings
 from stackgen.dispatcher.planner import (
     CreateJob,
     DeleteJob,
@@ -22,19 +22,21 @@ from stackgen.dispatcher.planner import (
     remember_from_jobs,
 )
 
-DISPATCH = QueueConfig(
+DISPATCH = DispatchedQueue(
     name="builds",
     mode="dispatch",
     template="buildkite-agent-builds",
     min_agents=0,
     max_agents=20,
     buffer=2,
-    poll_interval=5,
-    cooldown_share=0.5,
-    cooldown_timeout=120,
-    active_deadline_seconds=3600,
-    ttl_seconds_after_finished=300,
-    pod_start_timeout=300,
+    dispatch=DispatchSettings(
+        poll_interval_seconds=5,
+        cooldown_share=0.5,
+        cooldown_timeout_seconds=120,
+        active_deadline_seconds=3600,
+        ttl_seconds_after_finished=300,
+        pod_start_timeout_seconds=300,
+    ),
 )
 EXACT = replace(
     DISPATCH, name="deploy", mode="exact", template="buildkite-agent-deploy", buffer=0, max_agents=3

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from stackgen.pipeline import build
-from stackgen.policy import PolicyContext, check_objects
+from stackgen.validation.policies import PolicyContext, check_objects
 from tests.unit.conftest import EXAMPLE
 
 CTX = PolicyContext(file="stack.yaml", dind_allowed=False, insecure_tls_allowed=False)

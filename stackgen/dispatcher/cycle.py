@@ -21,9 +21,10 @@ from typing import Any
 
 from stackgen.buildkite import AgentAPI, Backoff, BuildkiteError, NotFound
 from stackgen.buildkite.models import MetricsSnapshot
-from stackgen.config import queue_slug
+from stackgen.common.models import DispatchedQueue
+from stackgen.common.names import queue_slug
 from stackgen.dispatcher import mirrors
-from stackgen.dispatcher.config import DispatcherConfig, QueueConfig
+from stackgen.dispatcher.config import DispatcherConfig
 from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.jobs import (
     acquisition_secret,
@@ -63,7 +64,7 @@ CREATE_CONCURRENCY = 16
 MIRROR_PRUNE_EVERY = 60.0
 
 
-def expects_pickup(queue: QueueConfig, demand: Demand, plan: Plan) -> bool:
+def expects_pickup(queue: DispatchedQueue, demand: Demand, plan: Plan) -> bool:
     """Scheduled jobs were left to agents that are not busy (idle, or still starting)."""
     return (
         queue.mode == "dispatch"
@@ -127,7 +128,7 @@ class Dispatcher:
         self.new_id = new_id
         self.is_leader = is_leader
         if log is None:
-            from stackgen.logs import get_logger
+            from stackgen.common.logs import get_logger
 
             log = get_logger()
         self.log = log
@@ -269,7 +270,7 @@ class Dispatcher:
     # -------------------------------------------------------------------- demand
 
     def _demand(
-        self, due: list[QueueConfig], log: Any, started: float
+        self, due: list[DispatchedQueue], log: Any, started: float
     ) -> tuple[dict[str, Demand], dict[str, str]]:
         demands: dict[str, Demand] = {}
         failed: dict[str, str] = {}
@@ -292,7 +293,7 @@ class Dispatcher:
                     demands[q.name] = Demand(scheduled=counts.scheduled, running=counts.running)
                     self.metrics.scheduled.labels(q.name).set(counts.scheduled)
                     self.metrics.running.labels(q.name).set(counts.running)
-                    self._due_after(q, started + max(q.poll_interval, hint))
+                    self._due_after(q, started + max(q.dispatch.poll_interval_seconds, hint))
         for q in due:
             if q.mode != "exact":
                 continue
@@ -311,10 +312,10 @@ class Dispatcher:
                 jobs=tuple(WaitingJob(j.uuid, j.scheduled_at, j.priority) for j in page_jobs),
             )
             self.metrics.scheduled.labels(q.name).set(len(page_jobs))
-            self._due_after(q, started + q.poll_interval)
+            self._due_after(q, started + q.dispatch.poll_interval_seconds)
         return demands, failed
 
-    def _registration(self, queue: QueueConfig) -> tuple[str, str]:
+    def _registration(self, queue: DispatchedQueue) -> tuple[str, str]:
         if queue.name not in self.registered:
             key = f"{self.config.stack_key}-{queue_slug(queue.name)}"[:128]
             stack = self.api.register_stack(
@@ -335,7 +336,7 @@ class Dispatcher:
         self.metrics.job_reads.labels("list" if cached is None else "cache").inc()
         return list_views(self.kube, self.queues, self.clock(), jobs=cached)
 
-    def _due_after(self, queue: QueueConfig, at: float) -> None:
+    def _due_after(self, queue: DispatchedQueue, at: float) -> None:
         # From the cycle's start, not from when this queue's call returned: queues polled
         # together stay together, instead of drifting into one cycle (and Job list) each.
         self.next_due[queue.name] = at
@@ -361,7 +362,7 @@ class Dispatcher:
 
     def _serve(
         self,
-        queue: QueueConfig,
+        queue: DispatchedQueue,
         demand: Demand,
         views: list[JobView],
         dispatch_id: str,
@@ -413,7 +414,7 @@ class Dispatcher:
         return report
 
     def _act(
-        self, queue: QueueConfig, plan: Plan, demand: Demand, report: QueueReport, log: Any
+        self, queue: DispatchedQueue, plan: Plan, demand: Demand, report: QueueReport, log: Any
     ) -> None:
         for action in plan.actions:
             if isinstance(action, DeleteJob):
@@ -469,7 +470,7 @@ class Dispatcher:
 
     def _create_exact(
         self,
-        queue: QueueConfig,
+        queue: DispatchedQueue,
         creates: list[CreateJob],
         make: Callable[[CreateJob], JSON],
         demand: Demand,
@@ -482,7 +483,9 @@ class Dispatcher:
         # Reservation: another replica or a restarted us will not list these jobs again
         # until it expires; it outlives the pod start timeout.
         reserved, not_reserved = self.api.batch_reserve(
-            key, wanted, expiry_seconds=int(min(3600, queue.pod_start_timeout + 120))
+            key,
+            wanted,
+            expiry_seconds=int(min(3600, queue.dispatch.pod_start_timeout_seconds + 120)),
         )
         for uuid_ in not_reserved:
             memory.just_dispatched.pop(uuid_, None)
@@ -491,7 +494,7 @@ class Dispatcher:
         if not reserved:
             return
         tokens, not_issued = self.api.acquisition_tokens(
-            key, reserved, lifetime_seconds=int(queue.pod_start_timeout + 600)
+            key, reserved, lifetime_seconds=int(queue.dispatch.pod_start_timeout_seconds + 600)
         )
         for uuid_ in not_issued:
             memory.just_dispatched.pop(uuid_, None)
@@ -542,7 +545,7 @@ class Dispatcher:
         if first_error is not None:
             raise first_error  # the Jobs that were created stay; the rest are retried
 
-    def _fail(self, queue: QueueConfig, action: FailJob, log: Any) -> None:
+    def _fail(self, queue: DispatchedQueue, action: FailJob, log: Any) -> None:
         key, _ = self._registration(queue)
         log.error(
             "giving up on Buildkite job", buildkite_job=action.buildkite_job, reason=action.detail

@@ -1,7 +1,8 @@
-"""Rules the JSON schema cannot express: cross-field rules and the content of secret files.
+"""What the secret files an overlay names hold: checked without ever quoting them.
 
-Every check returns problems instead of raising, so one run reports them all.
-No message ever quotes the content of a secret file.
+The agent and webhook tokens, git credentials, the SSH key and known_hosts, and the
+metrics adapter's certificate files.  Every check returns problems instead of raising,
+so one run reports them all.  No message ever quotes the content of a secret file.
 """
 
 from __future__ import annotations
@@ -9,104 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from stackgen.config import Stack, display_path, reserved_env_problem
-from stackgen.errors import Problem
+from stackgen.common.errors import Problem
+from stackgen.common.files import display_path
+from stackgen.common.names import adapter_service_dns
+from stackgen.stack.model import Stack
 
 #: What ``stackgen init`` writes into secret files the user still has to fill in.
 PLACEHOLDER_MARKER = "REPLACE-ME"
 
 _MAX_SECRET_BYTES = 1024 * 1024
-
-
-def check_stack(stack: Stack, *, environ: Mapping[str, str]) -> list[Problem]:
-    """Run every cross-field rule and secret-file check; return all problems found."""
-    problems: list[Problem] = []
-    problems += _queue_rules(stack)
-    problems += _secret_checks(stack, environ)
-    problems += _hook_checks(stack)
-    problems += _adapter_checks(stack)
-    problems += _kustomize_checks(stack)
-    return problems
-
-
-# ------------------------------------------------------------------------- queues
-
-
-def _queue_rules(stack: Stack) -> Iterator[Problem]:
-    file = stack.file
-    names = Counter(q.name for q in stack.queues)
-    slugs = Counter(q.slug for q in stack.queues)
-    mirrors = {m.name for m in stack.git_mirrors}
-    for mirror, count in Counter(m.name for m in stack.git_mirrors).items():
-        if count > 1:
-            yield Problem(file, "gitMirrors", f"mirror {mirror!r} is defined {count} times")
-    for key in stack.agent.tags:
-        if key == "queue":
-            yield Problem(file, "agent.tags.queue", "each queue sets its own queue tag; remove it")
-    for key in stack.agent.env:
-        why = reserved_env_problem(key)
-        if why:
-            yield Problem(file, f"agent.env.{key}", f"stackgen sets this variable; {why}")
-    seen_names: set[str] = set()
-    seen_slugs: set[str] = set()
-    for index, queue in enumerate(stack.queues):
-        where = f"queues[{index}]"
-        if names[queue.name] > 1 and queue.name in seen_names:
-            yield Problem(file, f"{where}.name", f"duplicate queue {queue.name!r}")
-        elif slugs[queue.slug] > 1 and queue.slug in seen_slugs and names[queue.name] == 1:
-            yield Problem(
-                file,
-                f"{where}.name",
-                f"queue {queue.name!r} maps to the same Kubernetes name {queue.slug!r} "
-                "as another queue",
-            )
-        seen_names.add(queue.name)
-        seen_slugs.add(queue.slug)
-        if queue.min_agents > queue.max_agents:
-            yield Problem(
-                file,
-                f"{where}.minAgents",
-                f"minAgents ({queue.min_agents}) is greater than maxAgents ({queue.max_agents})",
-            )
-        if "queue" in queue.tags and queue.tags["queue"] != queue.name:
-            yield Problem(file, f"{where}.tags.queue", "the queue tag comes from the queue's name")
-        for key in queue.env:
-            why = reserved_env_problem(key)
-            if why:
-                yield Problem(file, f"{where}.env.{key}", f"stackgen sets this variable; {why}")
-        if queue.mode == "hpa":
-            if queue.min_agents < 1:
-                yield Problem(
-                    file,
-                    f"{where}.minAgents",
-                    "an hpa queue needs at least 1 agent (an HPA cannot scale to zero); "
-                    "use mode dispatch for scale-to-zero",
-                )
-            if queue.buffer:
-                yield Problem(file, f"{where}.buffer", "only dispatch queues have a buffer")
-            if queue.git_mirror:
-                yield Problem(
-                    file,
-                    f"{where}.gitMirror",
-                    "git mirrors are attached by the dispatcher: use mode dispatch or exact",
-                )
-        if queue.mode == "exact" and queue.buffer:
-            yield Problem(
-                file, f"{where}.buffer", "exact queues start one agent per job and have no buffer"
-            )
-        if queue.git_mirror and queue.git_mirror not in mirrors:
-            hint = f" (defined: {', '.join(sorted(mirrors))})" if mirrors else ""
-            yield Problem(
-                file, f"{where}.gitMirror", f"no gitMirrors entry named {queue.git_mirror!r}{hint}"
-            )
-
-
-# ------------------------------------------------------------------------ secrets
 
 
 def resolve_inside(
@@ -125,9 +41,10 @@ def resolve_inside(
     return resolved, []
 
 
-def _read_secret(
+def read_secret(
     overlay: Path, path: Path, file: str, field: str
 ) -> tuple[bytes | None, list[Problem]]:
+    """A secret file's bytes (inside the overlay, at most 1 MiB), or why not."""
     resolved, problems = resolve_inside(overlay, path, file, field)
     if resolved is None:
         return None, problems
@@ -145,10 +62,9 @@ def _read_secret(
     return data, []
 
 
-def _read_text(
-    overlay: Path, path: Path, file: str, field: str
-) -> tuple[str | None, list[Problem]]:
-    data, problems = _read_secret(overlay, path, file, field)
+def read_text(overlay: Path, path: Path, file: str, field: str) -> tuple[str | None, list[Problem]]:
+    """A secret file as UTF-8 text, or why not."""
+    data, problems = read_secret(overlay, path, file, field)
     if data is None:
         return None, problems
     try:
@@ -187,7 +103,7 @@ def _secret_source_problems(
     file = stack.file
     if file_path is not None:
         field = f"{source_field}.file"
-        text, problems = _read_text(stack.overlay, file_path, file, field)
+        text, problems = read_text(stack.overlay, file_path, file, field)
         if text is None:
             return problems
         return token_problems(text, file, field)
@@ -199,7 +115,8 @@ def _secret_source_problems(
     return []
 
 
-def _secret_checks(stack: Stack, environ: Mapping[str, str]) -> Iterator[Problem]:
+def secret_checks(stack: Stack, environ: Mapping[str, str]) -> Iterator[Problem]:
+    """The tokens (agent, webhook), git credentials and SSH key the stack names."""
     token = stack.secrets.agent_token
     yield from _secret_source_problems(stack, token.field_path, token.file, token.env, environ)
     webhook = stack.dispatcher.webhook
@@ -221,7 +138,7 @@ def _secret_checks(stack: Stack, environ: Mapping[str, str]) -> Iterator[Problem
 def git_credentials_problems(stack: Stack, path: Path) -> list[Problem]:
     """Every line of a git-credentials file must be ``scheme://USER:TOKEN@HOST[/path]``."""
     file, field = stack.file, "secrets.gitCredentials.file"
-    text, problems = _read_text(stack.overlay, path, file, field)
+    text, problems = read_text(stack.overlay, path, file, field)
     if text is None:
         return problems
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
@@ -266,7 +183,7 @@ def ssh_key_problems(stack: Stack, path: Path) -> list[Problem]:
     from cryptography.hazmat.primitives import serialization
 
     file, field = stack.file, "secrets.sshKey.privateKeyFile"
-    data, problems = _read_secret(stack.overlay, path, file, field)
+    data, problems = read_secret(stack.overlay, path, file, field)
     if data is None:
         return problems
     stripped = data.strip()
@@ -305,7 +222,7 @@ def known_hosts_problems(stack: Stack, path: Path) -> list[Problem]:
     from cryptography.hazmat.primitives import serialization
 
     file, field = stack.file, "secrets.sshKey.knownHostsFile"
-    text, problems = _read_text(stack.overlay, path, file, field)
+    text, problems = read_text(stack.overlay, path, file, field)
     if text is None:
         return problems
     entries = 0
@@ -332,70 +249,8 @@ def known_hosts_problems(stack: Stack, path: Path) -> list[Problem]:
     return problems
 
 
-# -------------------------------------------------------------------------- hooks
-
-
-def _hook_checks(stack: Stack) -> Iterator[Problem]:
-    for name, path in sorted(stack.hooks.items()):
-        field = f"hooks.{name}"
-        data, problems = _read_secret(stack.overlay, path, stack.file, field)
-        yield from problems
-        if data is not None and not data.strip():
-            yield Problem(stack.file, field, "hook script is empty")
-
-
-# ----------------------------------------------------------------- metrics adapter
-
-
-def _adapter_checks(stack: Stack) -> Iterator[Problem]:
-    tls = stack.metrics_adapter.tls
-    file = stack.file
-    given = {
-        "caFile": tls.ca_file,
-        "certFile": tls.cert_file,
-        "keyFile": tls.key_file,
-    }
-    any_files = any(v is not None for v in given.values())
-    ways = [
-        name
-        for name, used in (
-            ("the certificate files", any_files),
-            ("certManager", tls.cert_manager is not None),
-            ("insecureSkipTLSVerify", tls.insecure_skip_tls_verify),
-        )
-        if used
-    ]
-    if len(ways) > 1:
-        yield Problem(file, "metricsAdapter.tls", f"set one way only, not {' and '.join(ways)}")
-        return
-    if not stack.hpa_queues:
-        return
-    if not ways:
-        yield Problem(
-            file,
-            "metricsAdapter.tls",
-            "hpa queues need the adapter's serving certificate (caFile, certFile, keyFile; "
-            "`stackgen init` makes them), a certManager issuer, or the explicit opt-in "
-            "insecureSkipTLSVerify: true",
-        )
-        return
-    if not any_files:
-        return
-    for key, value in given.items():
-        if value is None:
-            yield Problem(
-                file, f"metricsAdapter.tls.{key}", "is required with the other certificate files"
-            )
-    if all(v is not None for v in given.values()):
-        yield from _certificate_problems(stack)
-
-
-def adapter_service_dns(stack: Stack) -> str:
-    """DNS name the aggregator uses to reach the adapter."""
-    return f"stackgen-metrics-adapter.{stack.namespace}.svc"
-
-
-def _certificate_problems(stack: Stack) -> Iterator[Problem]:
+def certificate_problems(stack: Stack) -> Iterator[Problem]:
+    """The adapter's CA, certificate and key: they parse, match, and name its Service."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -408,7 +263,7 @@ def _certificate_problems(stack: Stack) -> Iterator[Problem]:
         ("certFile", tls.cert_file),
         ("keyFile", tls.key_file),
     ):
-        data, problems = _read_secret(stack.overlay, path, file, f"metricsAdapter.tls.{key}")
+        data, problems = read_secret(stack.overlay, path, file, f"metricsAdapter.tls.{key}")
         yield from problems
         if data is not None:
             blobs[key] = data
@@ -447,7 +302,7 @@ def _certificate_problems(stack: Stack) -> Iterator[Problem]:
     for key_name, certificate in (("caFile", ca), ("certFile", cert)):
         if certificate.not_valid_after_utc < now:
             yield Problem(file, f"metricsAdapter.tls.{key_name}", "certificate has expired")
-    dns = adapter_service_dns(stack)
+    dns = adapter_service_dns(stack.namespace)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = san.get_values_for_type(x509.DNSName)
@@ -459,26 +314,3 @@ def _certificate_problems(stack: Stack) -> Iterator[Problem]:
             "metricsAdapter.tls.certFile",
             f"has no subjectAltName {dns} (the adapter's Service)",
         )
-
-
-# ---------------------------------------------------------------------- kustomize
-
-
-def _kustomize_checks(stack: Stack) -> Iterator[Problem]:
-    extras = stack.kustomize
-    for field, paths in (("resources", extras.resources), ("components", extras.components)):
-        for index, rel in enumerate(paths):
-            _, problems = resolve_inside(
-                stack.overlay, stack.overlay / rel, stack.file, f"kustomize.{field}[{index}]"
-            )
-            yield from problems
-    for index, patch in enumerate(extras.patches):
-        where = f"kustomize.patches[{index}]"
-        if ("path" in patch) == ("patch" in patch):
-            yield Problem(stack.file, where, "set exactly one of path or patch")
-            continue
-        if "path" in patch:
-            _, problems = resolve_inside(
-                stack.overlay, stack.overlay / patch["path"], stack.file, f"{where}.path"
-            )
-            yield from problems

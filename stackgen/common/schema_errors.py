@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError as SchemaError
 
-from stackgen.errors import Problem
+from stackgen.common.errors import Problem
 
 _JSON_TYPES = {
     "object": "a mapping",

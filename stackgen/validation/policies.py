@@ -1,4 +1,4 @@
-"""Policy checks stackgen owns, run on the built objects (and on the user's sources).
+"""Policy checks stackgen owns, run on the built objects.
 
 What the schemas cannot say: one HPA per target, no literal secrets, no privileged
 container unless Docker-in-Docker is on, no hostPath, every container sized, and Pod
@@ -11,13 +11,13 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stackgen.errors import Problem
+from stackgen.common.errors import Problem
+from stackgen.common.names import DISPATCHER, GIT_MIRROR, METRICS_ADAPTER
 
 #: Pods stackgen itself runs: they must meet Pod Security `restricted`.
-OWN_APPS = {"stackgen-dispatcher", "stackgen-metrics-adapter", "stackgen-git-mirror"}
+OWN_APPS = {DISPATCHER, METRICS_ADAPTER, GIT_MIRROR}
 INSECURE_OPT_IN = "stackgen.io/insecure-skip-tls-verify"
 PRIVILEGED_OPT_IN = "stackgen.io/privileged"
 
@@ -307,35 +307,3 @@ def _restricted_container(
             f"{cpath}.securityContext.readOnlyRootFilesystem",
             f"stackgen's own container {name!r} must run with a read-only root filesystem",
         )
-
-
-# --------------------------------------------------------------- source-level checks
-
-
-def literal_secret_problems(path: Path, docs: list[Any], shown: str) -> Iterator[Problem]:
-    """Literal secrets in a user's kustomization or resource file."""
-    for doc_index, doc in enumerate(docs):
-        if not isinstance(doc, dict):
-            continue
-        prefix = f"[{doc_index}]." if len(docs) > 1 else ""
-        kind = doc.get("kind")
-        if kind in (None, "Kustomization", "Component") and "secretGenerator" in doc:
-            for gen_index, gen in enumerate(doc.get("secretGenerator") or []):
-                if not isinstance(gen, dict):
-                    continue
-                for lit_index, _ in enumerate(gen.get("literals") or []):
-                    yield Problem(
-                        shown,
-                        f"{prefix}secretGenerator[{gen_index}].literals[{lit_index}]",
-                        "literal secret value in git; use files: or envs: with a git-ignored file",
-                    )
-        if kind == "Secret":
-            for field in ("data", "stringData"):
-                if doc.get(field):
-                    name = (doc.get("metadata") or {}).get("name", "?")
-                    yield Problem(
-                        shown,
-                        f"{prefix}{field}",
-                        f"Secret {name!r} holds literal values in git; "
-                        "generate it from a git-ignored file (secretGenerator files:)",
-                    )

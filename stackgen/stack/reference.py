@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from stackgen.resources import load_schema
+from stackgen.common.resources import load_schema
 
 
 def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Serving certificates for the metrics adapter, so the APIService can verify it.
+"""Certificates: the metrics adapter's serving certificate, and the pieces tests reuse.
 
-``stackgen init`` makes a private CA and a certificate for the adapter's Service name.
-The CA's key is thrown away right after signing: to rotate, generate both again.
+``stackgen init`` makes a private CA and a certificate for the adapter's Service name
+(:func:`generate_adapter_certs`); the CA's key is thrown away right after signing: to
+rotate, generate both again.  The adapter serves a throwaway :func:`self_signed_pair`
+when it is given no certificate.  :func:`make_ca` and :func:`make_leaf` are the one
+certificate factory, also for the tests' front proxy and client certificates.
 """
 
 from __future__ import annotations
@@ -14,17 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SERVICE = "stackgen-metrics-adapter"
-
-
-def service_names(namespace: str) -> list[str]:
-    """DNS names the adapter answers to inside the cluster."""
-    return [
-        SERVICE,
-        f"{SERVICE}.{namespace}",
-        f"{SERVICE}.{namespace}.svc",
-        f"{SERVICE}.{namespace}.svc.cluster.local",
-    ]
+from stackgen.common.names import adapter_service_names
 
 
 def make_ca(
@@ -101,7 +94,7 @@ def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> di
     ca, ca_key = make_ca(
         f"stackgen metrics adapter CA ({namespace})", not_before=not_before, not_after=not_after
     )
-    names = service_names(namespace)
+    names = adapter_service_names(namespace)
     cert, key = make_leaf(
         ca,
         ca_key,
@@ -129,11 +122,34 @@ def write_pems(
         path.parent.mkdir(parents=True, exist_ok=True)
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    paths["key"].write_bytes(private_pem(key))
     paths["key"].chmod(0o600)
+
+
+def self_signed_pair(names: list[str], *, days: int = 365) -> tuple[bytes, bytes]:
+    """A throwaway self-signed serving certificate and its key (PEM) for ``names``."""
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
+
+
+def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A private key as unencrypted PKCS #8 PEM."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -1,18 +1,23 @@
-"""Validation of a built stack: kubeconform (offline, strict), policy, server dry-run."""
+"""kubeconform, strict and offline, against schemas pinned to one Kubernetes version.
+
+The schemas come from ``.tools/schemas`` (bin/setup), ``$STACKGEN_SCHEMA_DIR`` or the user
+cache, where :mod:`stackgen.validation.kubeschemas` converts them on first use; never the
+network.  The build starts kubeconform before the manifest exists (:func:`warm_kubeconform`)
+so it compiles the schemas of stackgen's kinds while kustomize still runs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from stackgen import kubeschemas, tools
-from stackgen.errors import Problem, ToolError, ValidationError
-from stackgen.output import notice
-from stackgen.policy import PolicyContext, check_objects, object_id
-from stackgen.resources import repo_root
+from stackgen import tools
+from stackgen.common.errors import Problem, ToolError
+from stackgen.common.output import notice
+from stackgen.common.resources import repo_root
+from stackgen.validation import kubeschemas
 
 
 def _cache_root() -> Path:
@@ -252,85 +257,3 @@ def _json_pointer_to_path(pointer: str) -> str:
         part = part.replace("~1", "/").replace("~0", "~")
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
     return out
-
-
-def policy_problems(objects: list[dict[str, Any]], ctx: PolicyContext) -> list[Problem]:
-    """Stackgen's own policy checks."""
-    return check_objects(objects, ctx)
-
-
-def server_dry_run(objects: list[dict[str, Any]], file: str) -> tuple[list[Problem], list[str]]:
-    """``kubectl apply --dry-run=server`` against the current kube context.
-
-    Objects in a namespace that does not exist yet cannot be dry-run (the API server
-    looks the namespace up); they are reported as a notice, not silently passed.
-    """
-    kubectl = tools.kubectl()
-    notices: list[str] = []
-    namespaces = {
-        str((o.get("metadata") or {}).get("namespace"))
-        for o in objects
-        if (o.get("metadata") or {}).get("namespace")
-    }
-    missing: set[str] = set()
-    for namespace in sorted(namespaces):
-        proc = tools.run(kubectl, ["get", "namespace", namespace, "-o", "name"], timeout=60)
-        if proc.returncode != 0:
-            err = proc.stderr.decode("utf-8", "replace")
-            if "NotFound" in err or "not found" in err:
-                missing.add(namespace)
-            else:
-                raise ToolError(
-                    f"kubectl cannot reach the cluster: {err.strip().splitlines()[-1:]}"
-                )
-    selected = [o for o in objects if (o.get("metadata") or {}).get("namespace") not in missing]
-    if missing:
-        notices.append(
-            f"server dry-run skipped {len(objects) - len(selected)} objects: namespace(s) "
-            f"{', '.join(sorted(missing))} do not exist yet (apply once, then dry-run updates)"
-        )
-    problems: list[Problem] = []
-    if not selected:
-        return problems, notices
-    # One call for the whole stack; only when it fails, one call per object to say which.
-    whole = _kubectl_apply_dry_run(kubectl, {"apiVersion": "v1", "kind": "List", "items": selected})
-    if whole.returncode == 0:
-        return problems, notices
-    for obj in selected:
-        proc = _kubectl_apply_dry_run(kubectl, obj)
-        if proc.returncode != 0:
-            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-            text = message[-1] if message else f"kubectl exited {proc.returncode}"
-            problems.append(Problem(file, object_id(obj), f"server dry-run: {_short(text)}"))
-    if not problems:
-        lines = whole.stderr.decode("utf-8", "replace").strip().splitlines()
-        problems.append(
-            Problem(file, "", f"server dry-run: {_short(lines[-1] if lines else 'failed')}")
-        )
-    return problems, notices
-
-
-def _kubectl_apply_dry_run(
-    kubectl: tools.Tool, obj: dict[str, Any]
-) -> subprocess.CompletedProcess[bytes]:
-    # What a user runs: `stackgen build | kubectl apply -f -`, but nothing is persisted.
-    return tools.run(
-        kubectl,
-        ["apply", "--dry-run=server", "-o", "name", "-f", "-"],
-        stdin=json.dumps(obj).encode(),
-        timeout=120,
-    )
-
-
-def _short(text: str) -> str:
-    # Drop kubectl's "Error from server (Invalid): error when creating "STDIN":" prefix noise.
-    marker = 'STDIN": '
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    return text[:500]
-
-
-def raise_if(problems: list[Problem]) -> None:
-    """Raise a ValidationError carrying ``problems`` when there are any."""
-    if problems:
-        raise ValidationError(problems)

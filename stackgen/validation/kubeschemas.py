@@ -8,7 +8,7 @@ recursive ones (``JSONSchemaProps``), which become file-local ``#/$defs/...`` re
 The result is laid out the way kubeconform's ``-schema-location DIR`` expects:
 ``DIR/v1.33.0-standalone-strict/deployment-apps-v1.json``.
 
-Run ``python -m stackgen.kubeschemas --kubernetes-version 1.33.0 --out DIR``.
+Run ``python -m stackgen.validation.kubeschemas --kubernetes-version 1.33.0 --out DIR``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 
 _DEFS_PREFIXES = ("/api/_definitions.json#/$defs/", "#/$defs/")
 #: Marker file: a schema folder without it is incomplete and never used.
@@ -145,8 +147,10 @@ def convert(kubernetes_version: str, out_root: Path) -> tuple[Path, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: convert the schemas of one Kubernetes version."""
-    parser = argparse.ArgumentParser(prog="python -m stackgen.kubeschemas", description=__doc__)
-    parser.add_argument("--kubernetes-version", default="1.33.0")
+    parser = argparse.ArgumentParser(
+        prog="python -m stackgen.validation.kubeschemas", description=__doc__
+    )
+    parser.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--force", action="store_true", help="convert even if present")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ The CRDs come from the projects' own Go modules, fetched through the Go module p
 ``bin/setup`` (``go mod download``), and the schemas are written next to the Kubernetes
 ones for the same version.
 
-Run ``python -m stackgen.crdschemas --kubernetes-version 1.33.0 --out DIR CRD.yaml...``.
+Run ``python -m stackgen.validation.crdschemas --kubernetes-version 1.33.0 --out DIR CRD.yaml...``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from stackgen.kubeschemas import version_dir_name
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
+from stackgen.validation.kubeschemas import version_dir_name
 
 
 def _strict(node: Any) -> Any:
@@ -79,8 +80,10 @@ def install(paths: list[Path], kubernetes_version: str, out_root: Path) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     """Command line."""
-    parser = argparse.ArgumentParser(prog="python -m stackgen.crdschemas", description=__doc__)
-    parser.add_argument("--kubernetes-version", default="1.33.0")
+    parser = argparse.ArgumentParser(
+        prog="python -m stackgen.validation.crdschemas", description=__doc__
+    )
+    parser.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("crds", type=Path, nargs="+")
     args = parser.parse_args(argv)
