@@ -15,9 +15,10 @@ Strategies:
   finishes the job if it can within ``grace`` seconds, else the job is interrupted
   (killed) and retried as a new job at once.
 * :class:`StackgenStrategy`: stackgen's dispatcher in ``dispatch`` or ``exact`` mode, with
-  the REAL :func:`stackgen.dispatcher.planner.plan_queue` deciding, polling each queue
-  every ``pollIntervalSeconds`` and optionally a webhook that triggers a cycle when a job
-  is scheduled (coalesced as the loop does, at most one triggered cycle per 0.5 s).  Jobs
+  the REAL :func:`stackgen.dispatcher.planner.plan_queue` deciding and the REAL
+  :class:`stackgen.dispatcher.schedule.Schedule` timing it (polls every
+  ``pollIntervalSeconds``, cooldown and pickup rechecks, and optionally a webhook that
+  triggers a cycle when a job is scheduled, coalesced per queue by the same code).  Jobs
   get pods from a simulated Job controller; ``dispatch`` agents run
   ``--disconnect-after-job --disconnect-after-idle-timeout 60``; ``exact`` agents
   ``--acquire-job`` their one job.
@@ -42,13 +43,7 @@ from typing import Any
 from bench.lib.common import percentile
 from bench.lib.trace import Trace
 from stackgen.common.models import DispatchedQueue, DispatchSettings
-from stackgen.dispatcher.cycle import (
-    COOLDOWN_RECHECK,
-    CREATE_CONCURRENCY,
-    PICKUP_RECHECK,
-    TRIGGER_GAP,
-    expects_pickup,
-)
+from stackgen.dispatcher.act import CREATE_CONCURRENCY
 from stackgen.dispatcher.planner import (
     CreateJob,
     DeleteJob,
@@ -58,6 +53,7 @@ from stackgen.dispatcher.planner import (
     WaitingJob,
     plan_queue,
 )
+from stackgen.dispatcher.schedule import Schedule
 
 
 class RateLimiter:
@@ -808,7 +804,12 @@ class HPAController:
 
 
 class Dispatcher:
-    """stackgen's dispatcher loop (timing model) around the real planner."""
+    """stackgen's dispatcher loop around the real planner and the real timing.
+
+    When a queue is polled, rechecked after a cooldown or a pickup, and when webhook
+    deliveries become cycles (coalesced per queue) is decided by the loop's own
+    :class:`stackgen.dispatcher.schedule.Schedule`, driven here on the virtual clock.
+    """
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
@@ -816,11 +817,10 @@ class Dispatcher:
         self.configs = {q: self.s.queue_config(q, sim.p.max_agents) for q in sim.queues}
         self.memory = {q: QueueMemory() for q in sim.queues}
         self.kube_jobs: dict[str, dict[str, KubeJob]] = {q: {} for q in sim.queues}
-        self.next_due = dict.fromkeys(sim.queues, sim.now)
+        self.schedule = Schedule(self.configs, start=sim.now)
         self.ids = itertools.count(1)
-        self.triggered: set[str] = set()
-        self.last_triggered: dict[str, float] = {}
         self.poll_scheduled_for: float | None = None
+        self.trigger_scheduled_for: float | None = None
         self.controller_free = [0.0] * sim.p.controller_workers
         self.job_limiter = RateLimiter(
             self.s.kcm_qps or sim.p.kcm_qps, self.s.kcm_burst or sim.p.kcm_burst
@@ -864,30 +864,32 @@ class Dispatcher:
         # TTL controller deletes the Job; the garbage collector its pods (and Secret).
         self.sim.stats.controller_writes += 1 + len(job.pods) + (1 if job.buildkite_job else 0)
 
-    # triggers
+    # triggers: the loop's coalescing (one webhook cycle per queue per TRIGGER_GAP)
     def on_webhook(self, queue: str) -> None:
-        # As the loop: one webhook cycle per queue per TRIGGER_GAP; queues do not wait
-        # for each other.
-        self.triggered.add(queue)
-        at = max(self.sim.now, self.last_triggered.get(queue, -math.inf) + TRIGGER_GAP)
-        self.sim.at(at, self._triggered_cycle)
+        self.schedule.trigger((queue,))
+        self._schedule_trigger()
 
-    def _triggered_cycle(self) -> None:
-        now = self.sim.now
-        ready = {
-            q
-            for q in self.triggered
-            if now - self.last_triggered.get(q, -math.inf) >= TRIGGER_GAP - 1e-9
-        }
-        if not ready:
+    def _schedule_trigger(self) -> None:
+        at = self.schedule.pending_trigger_at()
+        if at is None:
             return
-        self.triggered -= ready
-        for queue in ready:
-            self.last_triggered[queue] = now
-        self.cycle(sorted(ready), announced=True)
+        at = max(self.sim.now, at)
+        if self.trigger_scheduled_for is not None and self.trigger_scheduled_for <= at:
+            return
+        self.trigger_scheduled_for = at
+        self.sim.at(at, self._triggered_cycle, at)
+
+    def _triggered_cycle(self, when: float) -> None:
+        if self.trigger_scheduled_for != when:
+            return  # superseded
+        self.trigger_scheduled_for = None
+        ready = self.schedule.ready_triggers(self.sim.now)
+        if ready:
+            self.cycle(sorted(ready), announced=True)
+        self._schedule_trigger()
 
     def _schedule_poll(self) -> None:
-        at = min(self.next_due.values())
+        at = min(self.schedule.next_due.values())
         if self.poll_scheduled_for is not None and self.poll_scheduled_for <= at:
             return
         self.poll_scheduled_for = at
@@ -897,9 +899,8 @@ class Dispatcher:
         if self.poll_scheduled_for != when:
             return  # superseded
         self.poll_scheduled_for = None
-        due = [q for q in self.sim.queues if self.sim.now >= self.next_due[q] - 1e-9]
-        if due:
-            self.cycle(due)
+        if self.schedule.any_due(self.sim.now):
+            self.cycle(self.schedule.due(self.sim.now))
         if not self.sim.done():
             self._schedule_poll()
 
@@ -915,7 +916,7 @@ class Dispatcher:
         for queue in queues:
             if self.s.mode == "exact":
                 clock += p.buildkite_rtt
-            self.next_due[queue] = sim.now + self.configs[queue].dispatch.poll_interval_seconds
+            self.schedule.polled(queue, sim.now)
         clock += 2 * p.kube_rtt
         for queue in queues:
             cfg = self.configs[queue]
@@ -931,10 +932,7 @@ class Dispatcher:
             plan = plan_queue(
                 cfg, demand, views, self.memory[queue], sim.now, dispatch_id, announced=announced
             )
-            if plan.cooldown:  # as the loop: a cooled queue is looked at again soon
-                self.next_due[queue] = min(self.next_due[queue], sim.now + COOLDOWN_RECHECK)
-            elif expects_pickup(cfg, demand, plan):
-                self.next_due[queue] = min(self.next_due[queue], sim.now + PICKUP_RECHECK)
+            self.schedule.planned(cfg, demand, plan, sim.now)  # cooldown, pickup rechecks
             creates = [a for a in plan.actions if isinstance(a, CreateJob)]
             for action in plan.actions:
                 if isinstance(action, DeleteJob):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stackgen.buildkite import BuildkiteError
+from stackgen.dispatcher.kube import KubeError
 
 _LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600)
 
@@ -90,3 +95,20 @@ class Metrics:
         self.mirrors_pruned = Counter(
             "stackgen_git_mirrors_pruned_total", "Unused git mirror volumes deleted.", registry=r
         )
+
+    def buildkite_error(self, exc: BuildkiteError, log: Any, call: str, **ctx: Any) -> None:
+        """Count a failed Buildkite call and log it (never with the token)."""
+        self.api_errors.labels("buildkite", type(exc).__name__).inc()
+        log.warning(
+            "buildkite call failed",
+            call=call,
+            error=str(exc),
+            status=exc.status,
+            retry_after=exc.retry_after,
+            **ctx,
+        )
+
+    def kube_error(self, exc: KubeError, log: Any, message: str) -> None:
+        """Count a failed Kubernetes call and log it."""
+        self.api_errors.labels("kubernetes", str(exc.status or "transport")).inc()
+        log.warning(message, error=str(exc), status=exc.status)
