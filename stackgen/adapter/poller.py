@@ -24,6 +24,7 @@ from stackgen.adapter.store import AGE_METRIC, SOURCE_COUNTS, SOURCE_JOBS, Metri
 from stackgen.buildkite import AgentAPI, Backoff, BuildkiteError, NotFound, RateLimited
 from stackgen.buildkite.models import RegisteredStack
 from stackgen.common.logs import get_logger
+from stackgen.common.names import METRICS_ADAPTER
 
 __all__ = ["Poller", "stack_key_for"]
 
@@ -168,7 +169,7 @@ class Poller:
             stack = self.api.register_stack(
                 stack_key_for(self.prefix, queue),
                 queue_key=queue,
-                metadata={"component": "stackgen-metrics-adapter", "purpose": "job ages"},
+                metadata={"component": METRICS_ADAPTER, "purpose": "job ages"},
             )
             self._stacks[queue] = stack
         try:

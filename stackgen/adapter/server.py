@@ -36,6 +36,7 @@ from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import MetricStore
 from stackgen.adapter.tls import ServerTLS
 from stackgen.common.logs import get_logger
+from stackgen.common.names import METRICS_ADAPTER
 
 __all__ = ["AdapterServer", "AdapterSettings", "RequestHeaderFlags", "run"]
 
@@ -106,7 +107,7 @@ class AdapterServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "stackgen-metrics-adapter"
+    server_version = METRICS_ADAPTER
     sys_version = ""
     # Headers and body are separate writes: without TCP_NODELAY a keep-alive answer waits
     # ~40 ms for Nagle's algorithm and the client's delayed ACK.
@@ -231,6 +232,55 @@ def _thread_check(name: str, thread: threading.Thread) -> Callable[[], str | Non
     return check
 
 
+def _auth_provider(settings: AdapterSettings) -> tuple[AuthConfigProvider, str]:
+    """Where the front-proxy settings come from (flags, or the cluster's ConfigMap)."""
+    if settings.requestheader is not None:
+        load = settings.requestheader.load
+        source = f"flags ({settings.requestheader.client_ca_file})"
+    else:
+        try:
+            read = kubernetes_configmap_reader(settings.kubeconfig)
+        except Exception as exc:  # no in-cluster config and no kubeconfig, or a bad one
+            raise AuthConfigError(f"cannot set up the Kubernetes client: {exc}") from exc
+
+        def load() -> RequestHeaderConfig:
+            return RequestHeaderConfig.from_configmap(read())
+
+        source = "ConfigMap kube-system/extension-apiserver-authentication"
+    return AuthConfigProvider(load, refresh_seconds=settings.auth_refresh_seconds), source
+
+
+def _server_tls(settings: AdapterSettings, auth: AuthConfigProvider, log: Any) -> ServerTLS:
+    """The serving certificate (self-signed without files), checked before serving."""
+    try:
+        tls = ServerTLS(
+            settings.tls_cert_file,
+            settings.tls_key_file,
+            auth.current,
+            self_signed_names=[METRICS_ADAPTER, "localhost"],
+        )
+        tls.context()  # a broken certificate or key fails here, before serving
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(f"serving certificate {settings.tls_cert_file}: {exc}") from exc
+    if tls.self_signed:
+        log.warning(
+            "no serving certificate files: serving a self-signed certificate, which only an "
+            "APIService with insecureSkipTLSVerify accepts",
+            tls_cert_file=str(settings.tls_cert_file),
+        )
+    return tls
+
+
+def _stop_on_signals(stop: threading.Event, log: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+
 def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``); the poller and auth reload run alongside."""
     from stackgen.buildkite import AgentAPI
@@ -248,38 +298,10 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         queues=settings.queues,
         stack_key_prefix=settings.stack_key_prefix,
     )
-    if settings.requestheader is not None:
-        load = settings.requestheader.load
-        source = f"flags ({settings.requestheader.client_ca_file})"
-    else:
-        try:
-            read = kubernetes_configmap_reader(settings.kubeconfig)
-        except Exception as exc:  # no in-cluster config and no kubeconfig, or a bad one
-            raise AuthConfigError(f"cannot set up the Kubernetes client: {exc}") from exc
-
-        def load() -> RequestHeaderConfig:
-            return RequestHeaderConfig.from_configmap(read())
-
-        source = "ConfigMap kube-system/extension-apiserver-authentication"
-    auth = AuthConfigProvider(load, refresh_seconds=settings.auth_refresh_seconds)
+    auth, source = _auth_provider(settings)
     if not auth.refresh():
         log.error("front-proxy settings not loaded: refusing API requests", error=auth.error)
-    try:
-        tls = ServerTLS(
-            settings.tls_cert_file,
-            settings.tls_key_file,
-            auth.current,
-            self_signed_names=["stackgen-metrics-adapter", "localhost"],
-        )
-        tls.context()  # a broken certificate or key fails here, before serving
-    except OSError as exc:  # ssl.SSLError included
-        raise ValueError(f"serving certificate {settings.tls_cert_file}: {exc}") from exc
-    if tls.self_signed:
-        log.warning(
-            "no serving certificate files: serving a self-signed certificate, which only an "
-            "APIService with insecureSkipTLSVerify accepts",
-            tls_cert_file=str(settings.tls_cert_file),
-        )
+    tls = _server_tls(settings, auth, log)
     poll_thread = threading.Thread(target=poller.run, args=(stop,), name="poller", daemon=True)
     auth_thread = threading.Thread(
         target=auth.run, args=(stop, tls.invalidate), name="auth-refresh", daemon=True
@@ -299,14 +321,7 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         ready=[("front-proxy-settings", auth_ready)],
     )
     server = AdapterServer((settings.bind_address, settings.secure_port), app, tls, auth.current)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(stop, log)
 
     def watch_stop() -> None:
         stop.wait()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from stackgen.cli import handle_errors
 from stackgen.cli import options as opts
+from stackgen.cli.errors import handle_errors
 from stackgen.common.output import notice, out
 
 

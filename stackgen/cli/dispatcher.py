@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from stackgen.cli import handle_errors
+from stackgen.cli.errors import handle_errors
 
 
 @click.command("dispatcher")

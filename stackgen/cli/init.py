@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from stackgen.cli import handle_errors
+from stackgen.cli.errors import handle_errors
 from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 from stackgen.common.output import err
 

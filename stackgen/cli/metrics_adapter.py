@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from stackgen.cli import handle_errors
+from stackgen.cli.errors import handle_errors
+from stackgen.common.defaults import stack_default
 from stackgen.common.errors import StackgenError
 from stackgen.common.names import AGENT_TOKEN_ENV, DEFAULT_ENDPOINT
+
+if TYPE_CHECKING:
+    from stackgen.adapter.server import AdapterSettings
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -50,7 +55,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
     "--poll-interval",
     envvar="STACKGEN_POLL_INTERVAL_SECONDS",
     type=click.FloatRange(min=1),
-    default=10.0,
+    default=float(stack_default("metricsAdapter.pollIntervalSeconds")),
     show_default=True,
     show_envvar=True,
     help="Seconds between polls (longer when Buildkite's poll-duration header asks).",
@@ -158,20 +163,11 @@ def command(
       kubectl get --raw \\
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/buildkite/buildkite_jobs_runnable?labelSelector=queue%3Ddefault"
     """
-    import ssl
+    from stackgen.adapter.server import AdapterSettings, RequestHeaderFlags
 
-    from stackgen.adapter.auth import AuthConfigError
-    from stackgen.adapter.server import AdapterSettings, RequestHeaderFlags, run
-    from stackgen.common import logs
-
-    token = os.environ.get(AGENT_TOKEN_ENV, "").strip()
-    if not token:
-        raise StackgenError(f"{AGENT_TOKEN_ENV} is not set: the adapter needs the agent token")
-    logs.register_secret(token)
-    logs.configure(log_level, component="metrics-adapter")
-    requestheader = None
-    if requestheader_client_ca_file:
-        requestheader = RequestHeaderFlags(
+    token = _token(log_level)
+    requestheader = (
+        RequestHeaderFlags(
             client_ca_file=requestheader_client_ca_file,
             allowed_names=_csv(requestheader_allowed_names),
             username_headers=_csv(requestheader_username_headers),
@@ -179,6 +175,9 @@ def command(
             extra_headers_prefixes=_csv(requestheader_extra_headers_prefix),
             uid_headers=_csv(requestheader_uid_headers),
         )
+        if requestheader_client_ca_file
+        else None
+    )
     settings = AdapterSettings(
         endpoint=endpoint,
         token=token,
@@ -194,11 +193,31 @@ def command(
         kubeconfig=kubeconfig,
         auth_refresh_seconds=auth_refresh_seconds,
     )
+    _serve(settings)
+
+
+def _token(log_level: str) -> str:
+    """The agent token from the environment, kept out of every log line; logs set up."""
+    from stackgen.common import logs
+
+    token = os.environ.get(AGENT_TOKEN_ENV, "").strip()
+    if not token:
+        raise StackgenError(f"{AGENT_TOKEN_ENV} is not set: the adapter needs the agent token")
+    logs.register_secret(token)
+    logs.configure(log_level, component="metrics-adapter")
+    return token
+
+
+def _serve(settings: AdapterSettings) -> None:
+    import ssl
+
+    from stackgen.adapter.auth import AuthConfigError
+    from stackgen.adapter.server import run
+
     try:
         run(settings)
     except (AuthConfigError, ValueError, ssl.SSLError) as exc:
         raise StackgenError(f"metrics-adapter: {exc}") from exc
     except OSError as exc:
-        raise StackgenError(
-            f"metrics-adapter: cannot listen on {bind_address}:{secure_port}: {exc}"
-        ) from exc
+        address = f"{settings.bind_address}:{settings.secure_port}"
+        raise StackgenError(f"metrics-adapter: cannot listen on {address}: {exc}") from exc

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from stackgen.cli import handle_errors
 from stackgen.cli import options as opts
+from stackgen.cli.errors import handle_errors
 from stackgen.common.errors import ConfigError, Problem
 from stackgen.common.output import err, notice
 

@@ -51,47 +51,15 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
     logs.register_secret(webhook_token)
     identity = options.identity or default_identity()
     log = logs.get_logger(stack=config.stack, namespace=config.namespace, replica=identity)
-
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(stop, log)
 
     metrics = Metrics()
     api = AgentAPI(config.endpoint, token)
     kube = kube or ClientKube(config.namespace, kubeconfig=options.kubeconfig)
-    host = options.host or config.host
     port = config.port if options.port is None else options.port
-    pod_ip = os.environ.get("POD_IP")
-    advertise = options.advertise or (f"http://{pod_ip}:{port}" if pod_ip else None)
-
-    dispatcher: Dispatcher | None = None
-
-    def on_leadership(leader: bool) -> None:
-        metrics.leader.set(1 if leader else 0)
-        if dispatcher is not None:
-            if leader:
-                dispatcher.trigger()  # a new leader looks at once
-            else:
-                dispatcher.forget_state()
-
-    elector: LeaderElector | None = None
-    if options.leader_election and config.lease_enabled:
-        elector = LeaderElector(
-            kube,
-            config.lease_name,
-            identity,
-            lease_duration=config.lease_duration,
-            renew_deadline=config.renew_deadline,
-            retry_period=config.retry_period,
-            endpoint=advertise,
-            on_change=on_leadership,
-            log=log,
-        )
+    ours: list[Dispatcher] = []  # the dispatcher, once made: leadership changes reach it
+    elector = _elector(config, options, kube, identity, port, metrics, ours, log)
 
     def is_leader() -> bool:
         return elector.is_leader if elector is not None else True
@@ -102,10 +70,92 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
     dispatcher = Dispatcher(
         config, api, kube, metrics=metrics, log=log, is_leader=is_leader, informer=informer
     )
+    ours.append(dispatcher)
     if elector is None:
         metrics.leader.set(1)
+    endpoint = _endpoint(config, dispatcher, elector, metrics, webhook_token, log)
+    server = Server(endpoint, options.host or config.host, port).start()
+    log.info(
+        "dispatcher started",
+        port=server.port,
+        queues=[{"name": q.name, "mode": q.mode} for q in config.queues],
+        leader_election=elector is not None,
+        webhook=bool(webhook_token),
+    )
+    threads = _start_threads(stop, dispatcher, elector, informer, log)
+    while not stop.is_set():
+        stop.wait(1.0)
+    for thread in threads:
+        thread.join(timeout=10)
+    if is_leader():
+        dispatcher.deregister()  # followers share the stack key: only the leader may
+    if elector is not None:
+        elector.release()  # the successor need not wait the lease out
+    server.stop()
+    api.close()
+    log.info("dispatcher stopped")
+    return 0
 
+
+def _stop_on_signals(stop: threading.Event, log: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _elector(
+    config: DispatcherConfig,
+    options: Options,
+    kube: Kube,
+    identity: str,
+    port: int,
+    metrics: Metrics,
+    ours: list[Dispatcher],
+    log: Any,
+) -> LeaderElector | None:
+    """The Lease election (None when switched off); a new leader looks at once."""
+    if not (options.leader_election and config.lease_enabled):
+        return None
+    pod_ip = os.environ.get("POD_IP")
+    advertise = options.advertise or (f"http://{pod_ip}:{port}" if pod_ip else None)
+
+    def on_leadership(leader: bool) -> None:
+        metrics.leader.set(1 if leader else 0)
+        for dispatcher in ours:
+            if leader:
+                dispatcher.trigger()
+            else:
+                dispatcher.forget_state()
+
+    return LeaderElector(
+        kube,
+        config.lease_name,
+        identity,
+        lease_duration=config.lease_duration,
+        renew_deadline=config.renew_deadline,
+        retry_period=config.retry_period,
+        endpoint=advertise,
+        on_change=on_leadership,
+        log=log,
+    )
+
+
+def _endpoint(
+    config: DispatcherConfig,
+    dispatcher: Dispatcher,
+    elector: LeaderElector | None,
+    metrics: Metrics,
+    webhook_token: str,
+    log: Any,
+) -> Endpoint:
+    """What /healthz, /readyz and /webhook answer from."""
     started = time.time()
+
+    def is_leader() -> bool:
+        return elector.is_leader if elector is not None else True
 
     def healthy() -> bool:
         # Alive while the loop turns; a wedged loop gets the pod restarted.
@@ -118,7 +168,7 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
             or (time.time() - started < 5)
         )
 
-    endpoint = Endpoint(
+    return Endpoint(
         metrics,
         healthy=healthy,
         ready=ready,
@@ -129,14 +179,16 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
         max_signature_age=config.max_signature_age,
         log=log,
     )
-    server = Server(endpoint, host, port).start()
-    log.info(
-        "dispatcher started",
-        port=server.port,
-        queues=[{"name": q.name, "mode": q.mode} for q in config.queues],
-        leader_election=elector is not None,
-        webhook=bool(webhook_token),
-    )
+
+
+def _start_threads(
+    stop: threading.Event,
+    dispatcher: Dispatcher,
+    elector: LeaderElector | None,
+    informer: JobInformer | None,
+    log: Any,
+) -> list[threading.Thread]:
+    """The watch, the election and the loop; returns the ones to join on shutdown."""
     threads: list[threading.Thread] = []
     if informer is not None:
         # Not joined: it may sit in a watch request for minutes and holds nothing to flush.
@@ -150,18 +202,7 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
     )
     for thread in threads:
         thread.start()
-    while not stop.is_set():
-        stop.wait(1.0)
-    for thread in threads:
-        thread.join(timeout=10)
-    if is_leader():
-        dispatcher.deregister()  # followers share the stack key: only the leader may
-    if elector is not None:
-        elector.release()  # the successor need not wait the lease out
-    server.stop()
-    api.close()
-    log.info("dispatcher stopped")
-    return 0
+    return threads
 
 
 def _guard(target: Any, stop: threading.Event, log: Any) -> Any:

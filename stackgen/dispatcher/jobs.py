@@ -57,19 +57,7 @@ def build_job(
     """The Job for one :class:`CreateJob` action, made from the queue's CronJob."""
     template = cronjob["spec"]["jobTemplate"]
     meta = template.get("metadata") or {}
-    labels = dict(meta.get("labels") or {})
-    ours = {LABEL_DISPATCH_ID: action.dispatch_id}
-    queue_label = labels.get(LABEL_QUEUE) or (cronjob["metadata"].get("labels") or {}).get(
-        LABEL_QUEUE
-    )
-    if queue_label:
-        ours[LABEL_QUEUE] = queue_label
-    if action.buildkite_job:
-        ours[LABEL_BUILDKITE_JOB] = action.buildkite_job
-        ours[LABEL_ATTEMPT] = str(action.attempt)
-    if action.warm:
-        ours[LABEL_WARM] = "true"
-    labels.update(ours)
+    ours = _our_labels(cronjob, action)
     annotations = dict(meta.get("annotations") or {})
     annotations["cronjob.kubernetes.io/instantiate"] = "manual"
     annotations[ANNOTATION_QUEUE] = queue.name
@@ -90,24 +78,7 @@ def build_job(
     if action.warm:
         container["args"] = _without_idle_timeout(container.get("args") or [])
     if action.buildkite_job:
-        env = [
-            e for e in container.get("env") or [] if e.get("name") != "BUILDKITE_AGENT_ACQUIRE_JOB"
-        ]
-        for entry in env:
-            if entry.get("name") == AGENT_TOKEN_ENV:
-                # The agent registers with a token good for this one job only.
-                entry.clear()
-                entry.update(
-                    name=AGENT_TOKEN_ENV,
-                    valueFrom={
-                        "secretKeyRef": {
-                            "name": acquisition_secret_name(action.name),
-                            "key": "token",
-                        }
-                    },
-                )
-        env.append({"name": "BUILDKITE_AGENT_ACQUIRE_JOB", "value": action.buildkite_job})
-        container["env"] = env
+        container["env"] = _acquire_env(container.get("env") or [], action)
     if mirror_claim and mirror_path:
         pod_spec.setdefault("volumes", []).append(
             {
@@ -118,26 +89,59 @@ def build_job(
         container.setdefault("volumeMounts", []).append(
             {"name": "git-mirror", "mountPath": mirror_path, "readOnly": True}
         )
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "name": cronjob["metadata"]["name"],
+        "uid": cronjob["metadata"]["uid"],
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": action.name,
-            "labels": labels,
+            "labels": {**(meta.get("labels") or {}), **ours},
             "annotations": annotations,
-            "ownerReferences": [
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "CronJob",
-                    "name": cronjob["metadata"]["name"],
-                    "uid": cronjob["metadata"]["uid"],
-                    "controller": False,
-                    "blockOwnerDeletion": False,
-                }
-            ],
+            "ownerReferences": [owner],
         },
         "spec": spec,
     }
+
+
+def _our_labels(cronjob: JSON, action: CreateJob) -> dict[str, str]:
+    """The labels the dispatcher puts on a Job and its pods (ours: the dispatch ID, …)."""
+    template_labels = (cronjob["spec"]["jobTemplate"].get("metadata") or {}).get("labels") or {}
+    ours = {LABEL_DISPATCH_ID: action.dispatch_id}
+    queue_label = template_labels.get(LABEL_QUEUE) or (cronjob["metadata"].get("labels") or {}).get(
+        LABEL_QUEUE
+    )
+    if queue_label:
+        ours[LABEL_QUEUE] = queue_label
+    if action.buildkite_job:
+        ours[LABEL_BUILDKITE_JOB] = action.buildkite_job
+        ours[LABEL_ATTEMPT] = str(action.attempt)
+    if action.warm:
+        ours[LABEL_WARM] = "true"
+    return ours
+
+
+def _acquire_env(env: list[JSON], action: CreateJob) -> list[JSON]:
+    """An exact-mode agent's env: it acquires its one job with a token good for it only."""
+    assert action.buildkite_job is not None
+    env = [e for e in env if e.get("name") != "BUILDKITE_AGENT_ACQUIRE_JOB"]
+    for entry in env:
+        if entry.get("name") == AGENT_TOKEN_ENV:
+            entry.clear()
+            entry.update(
+                name=AGENT_TOKEN_ENV,
+                valueFrom={
+                    "secretKeyRef": {"name": acquisition_secret_name(action.name), "key": "token"}
+                },
+            )
+    env.append({"name": "BUILDKITE_AGENT_ACQUIRE_JOB", "value": action.buildkite_job})
+    return env
 
 
 def _copy_json(value: Any) -> Any:
