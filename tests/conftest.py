@@ -1,11 +1,9 @@
-"""Shared test set-up: where the repo and its tools are."""
+"""Session set-up for every test: the toolchain bin/setup installed, never a user's cache."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import SCHEMAS
 
-# Tests use the toolchain bin/setup installed, never a user's cache.
-os.environ.setdefault("STACKGEN_SCHEMA_DIR", str(ROOT / ".tools" / "schemas"))
+os.environ.setdefault("STACKGEN_SCHEMA_DIR", str(SCHEMAS))

@@ -427,7 +427,7 @@ def run_hpa_row(
     tr: Trace,
     settings: Settings,
     *,
-    cluster: Any,  # tests.e2e.conftest.Cluster, made with front_proxy_config()
+    cluster: Any,  # tests.support.cluster.Cluster, made with front_proxy_config()
     procs: Processes,
     work: Path,
     log: Callable[[str], None],
@@ -440,7 +440,7 @@ def run_hpa_row(
     """
     import kubernetes
 
-    from tests.e2e.conftest import orphaned
+    from tests.support.cluster import orphaned
     from tests.support.aggregator import (
         AdapterProcess,
         Netns,

@@ -518,7 +518,7 @@ def run_row(
     tr: Trace,
     settings: Settings,
     *,
-    cluster: Any,  # tests.e2e.conftest.Cluster
+    cluster: Any,  # tests.support.cluster.Cluster
     procs: Processes,
     work: Path,
     log: Callable[[str], None],
@@ -527,7 +527,7 @@ def run_row(
     controller_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> RowRun:
     """Replay ``tr`` through one dispatcher mode on ``cluster``; see the module docstring."""
-    from tests.e2e.test_dispatcher import TOKEN, WEBHOOK, DispatcherProcess, build_stack
+    from tests.support.dispatcher_process import TOKEN, WEBHOOK, DispatcherProcess, build_stack
     from tests.support.fake_buildkite import FakeJob, send_webhook
 
     work.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from stackgen.common.status import ExitStatus
-from tests.conftest import ROOT
-from tests.e2e.conftest import Cluster, versions, wait_for
+from tests.support.cluster import Cluster, versions, wait_for
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 

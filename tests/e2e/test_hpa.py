@@ -2,11 +2,10 @@
 
 Set-up, all made and removed by this module:
 
-* a kwok cluster of its own (real etcd, kube-apiserver, kube-controller-manager,
-  kube-scheduler from .tools/bin) whose kube-apiserver has a front proxy: a request-header
-  CA and the aggregator's client certificate made here, ``--enable-aggregator-routing``,
-  and a 2 s HPA sync period.  The session ``cluster`` fixture has no knobs for these, so
-  this module starts its own (see the closing report of issue 5);
+* a kwok cluster of its own, started as every cluster is (tests/support/cluster.start,
+  bin/up), whose kube-apiserver has a front proxy: a request-header CA and the aggregator's
+  client certificate made here, ``--enable-aggregator-routing``, and a 2 s HPA sync period,
+  given to bin/up as a kwokctl patch of the components' flags;
 * a network namespace with a veth pair (198.18.N.1 on the host, 198.18.N.2 inside): the
   adapter runs there as a real ``stackgen metrics-adapter`` process.  kube-apiserver is a
   local process, so an APIService pointing at 127.0.0.1 is impossible (Endpoints refuse
@@ -31,7 +30,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -42,15 +40,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.e2e.conftest import (
-    STATE_ROOT,
-    TOOLS_BIN,
-    Cluster,
-    _missing_binaries,
-    orphaned,
-    wait_for,
-)
 from tests.support.aggregator import (
     AdapterProcess,
     Netns,
@@ -58,10 +47,24 @@ from tests.support.aggregator import (
     adapter_tls,
     front_proxy_flags,
     front_proxy_pki,
+    kwokctl_patch,
     reap_netns,
     stackgen_build,
 )
+from tests.support.cluster import (
+    KWOK_STAGES,
+    STATE_ROOT,
+    Cluster,
+    ClusterError,
+    missing_binaries,
+    orphaned,
+    reap,
+    start,
+    stop,
+    wait_for,
+)
 from tests.support.fake_buildkite import FakeBuildkite
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -84,15 +87,6 @@ def _skip_or_fail(message: str) -> None:
     pytest.skip(message)
 
 
-def _run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
 def _reap_stale_netns() -> None:
     reap_netns(NETNS_PREFIX, orphaned)
 
@@ -105,7 +99,6 @@ class FrontProxyCluster:
     """A kwok cluster whose kube-apiserver proxies aggregated APIs with a front-proxy cert."""
 
     cluster: Cluster
-    workdir: Path
     pki: Path
 
     @property
@@ -121,91 +114,41 @@ class FrontProxyCluster:
         return Path(cfg["clusters"][0]["cluster"]["certificate-authority"])
 
 
-def _kwokctl(workdir: Path, *args: str, timeout: float = 300) -> str:
-    env = {**os.environ, "KWOK_WORKDIR": str(workdir)}
-    return _run(str(TOOLS_BIN / "kwokctl"), *args, env=env, timeout=timeout)
-
-
-def _delete_cluster(name: str, state: Path) -> None:
-    env = {**os.environ, "KWOK_WORKDIR": str(state / "kwok")}
-    subprocess.run(
-        [str(TOOLS_BIN / "kwokctl"), "delete", "cluster", "--name", name],
-        env=env,
-        capture_output=True,
-        timeout=180,
-        check=False,
-    )
-    shutil.rmtree(state, ignore_errors=True)
-
-
-def _reap_stale_clusters() -> None:
-    if not STATE_ROOT.is_dir():
-        return
-    for name in orphaned((s.name for s in STATE_ROOT.iterdir()), NAME_PREFIX):
-        _delete_cluster(name, STATE_ROOT / name)
-
-
 @pytest.fixture(scope="module")
 def fp_cluster() -> Iterator[FrontProxyCluster]:
     """This module's cluster (front proxy, aggregator routing, fast HPA sync)."""
-    missing = _missing_binaries()
+    missing = missing_binaries()
     if missing:
         _skip_or_fail(f"e2e needs the local control plane: missing {', '.join(missing)}")
     if os.geteuid() != 0 or shutil.which("ip") is None:
         _skip_or_fail("the HPA e2e test creates a network namespace: needs root and `ip`")
-    _reap_stale_clusters()
+    reap(NAME_PREFIX)
     _reap_stale_netns()
     name = f"{NAME_PREFIX}{os.getpid()}"
-    state = STATE_ROOT / name
-    state.mkdir(parents=True, exist_ok=True)
-    pki = state / "pki"
-    front_proxy = front_proxy_pki(pki)
-    (state / "kwokctl.yaml").write_text(
-        "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
-        "kind: KwokctlConfiguration\n"
-        "options:\n"
-        "  bindAddress: 127.0.0.1\n"
+    work = STATE_ROOT / name  # bin/up's state folder of the cluster: bin/down removes it
+    work.mkdir(parents=True, exist_ok=True)
+    patch = work / "kwokctl-front-proxy.yaml"
+    patch.write_text(
+        kwokctl_patch(
+            {
+                "kube-apiserver": front_proxy_flags(front_proxy_pki(work / "pki")),
+                "kube-controller-manager": {"horizontal-pod-autoscaler-sync-period": HPA_SYNC},
+            }
+        )
     )
-    extra = {
-        "kube-apiserver": front_proxy_flags(front_proxy),
-        "kube-controller-manager": {"horizontal-pod-autoscaler-sync-period": HPA_SYNC},
-    }
-    extra_args = [
-        f"--extra-args={component}={key}={value}"
-        for component, pairs in extra.items()
-        for key, value in pairs.items()
-    ]
-    cleanup = lambda: _delete_cluster(name, state)  # noqa: E731
+
+    def cleanup() -> None:
+        stop(name, STATE_ROOT)
+
     atexit.register(cleanup)
     try:
         started = time.monotonic()
-        _kwokctl(
-            state / "kwok",
-            "create",
-            "cluster",
-            "--name",
-            name,
-            "--runtime",
-            "binary",
-            "--config",
-            str(state / "kwokctl.yaml"),
-            "--kubeconfig",
-            str(state / "kubeconfig"),
-            "--kube-admission=true",
-            "--kube-authorization=true",
-            f"--kube-apiserver-binary={TOOLS_BIN / 'kube-apiserver'}",
-            f"--kube-controller-manager-binary={TOOLS_BIN / 'kube-controller-manager'}",
-            f"--kube-scheduler-binary={TOOLS_BIN / 'kube-scheduler'}",
-            f"--kwok-controller-binary={TOOLS_BIN / 'kwok'}",
-            f"--etcd-binary={TOOLS_BIN / 'etcd'}",
-            *extra_args,
-            "--wait=120s",
-        )
-        _kwokctl(state / "kwok", "--name", name, "scale", "node", "--replicas", "2")
-        cl = Cluster(name, STATE_ROOT)
-        cl.kubectl("wait", "--for=condition=Ready", "node", "-l", "type=kwok", "--timeout=120s")
+        try:
+            cl = start(name, nodes=2, kwok_configs=[KWOK_STAGES, patch])
+        except ClusterError as exc:
+            pytest.fail(str(exc), pytrace=False)
         print(f"\nHPA e2e cluster {name} up in {time.monotonic() - started:.1f}s")
-        yield FrontProxyCluster(cl, state / "kwok", pki)
+        yield FrontProxyCluster(cl, work / "pki")
     finally:
         cleanup()
         atexit.unregister(cleanup)

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from stackgen.adapter.api import AdapterAPI
@@ -35,65 +33,15 @@ from stackgen.adapter.server import AdapterServer
 from stackgen.adapter.store import MetricStore
 from stackgen.adapter.tls import ServerTLS
 from stackgen.buildkite.models import MetricsSnapshot, QueueMetrics
-from stackgen.common import certs
+from tests.support.pki import NOW, Pair, make_ca, make_leaf
 
 METRIC_PATH = (
     "/apis/external.metrics.k8s.io/v1beta1/namespaces/buildkite/buildkite_jobs_scheduled"
     "?labelSelector=queue%3Ddefault"
 )
-NOW = dt.datetime.now(dt.UTC)
 
 
 # --------------------------------------------------------------------------- certificates
-
-
-@dataclass
-class Pair:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    def write(self, folder: Path, name: str) -> tuple[Path, Path]:
-        crt, key = folder / f"{name}.crt", folder / f"{name}.key"
-        crt.write_text(self.pem)
-        key.write_bytes(
-            self.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return crt, key
-
-
-def make_ca(cn: str) -> Pair:
-    cert, key = certs.make_ca(
-        cn, not_before=NOW - dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=30)
-    )
-    return Pair(cert, key)
-
-
-def make_leaf(
-    ca: Pair,
-    cn: str,
-    *,
-    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH,
-    sans: list[x509.GeneralName] | None = None,
-    not_after: dt.datetime | None = None,
-) -> Pair:
-    cert, key = certs.make_leaf(
-        ca.cert,
-        ca.key,
-        cn,
-        usage=usage,
-        sans=sans,
-        not_before=NOW - dt.timedelta(days=2),
-        not_after=not_after or NOW + dt.timedelta(days=10),
-    )
-    return Pair(cert, key)
 
 
 @dataclass

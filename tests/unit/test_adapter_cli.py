@@ -17,9 +17,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests.support.cli import Run
 from tests.support.fake_buildkite import FakeBuildkite
-from tests.unit.conftest import Run
-from tests.unit.test_adapter_auth import make_ca, make_leaf
+from tests.support.pki import make_ca, make_leaf
 
 TOKEN = "bkua_cli-test-token-abcdef"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import Run, write
+from tests.support.cli import Run
+from tests.support.overlays import write
 
 TOKEN = "tok-123-abc"  # the minimal overlay's token: must never appear on stderr
 GITHUB_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -416,7 +417,7 @@ def test_missing_kustomize_and_kubectl(
 
 def test_missing_kubeconform(stackgen: Callable[..., Run], minimal: Path, tmp_path: Path) -> None:
     env = _empty_tools(tmp_path, keep=())
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     (Path(env["STACKGEN_TOOLS_DIR"]) / "bin" / "kustomize").symlink_to(
         ROOT / ".tools" / "bin" / "kustomize"
@@ -436,7 +437,7 @@ def test_kubectl_kustomize_fallback_notice(
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed")
     env = _empty_tools(tmp_path, keep=("kubectl",))
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     (Path(env["STACKGEN_TOOLS_DIR"]) / "bin" / "kubeconform").symlink_to(
         ROOT / ".tools" / "bin" / "kubeconform"

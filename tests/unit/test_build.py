@@ -17,8 +17,8 @@ from stackgen import tools
 from stackgen.common.resources import load_schema
 from stackgen.compose import dispatcher_config, split_image
 from stackgen.pipeline import BuildOptions, build
-from tests.conftest import ROOT
-from tests.unit.conftest import EXAMPLE, Run
+from tests.support.cli import Run
+from tests.support.paths import EXAMPLE, ROOT
 
 RECOMMENDED = (
     "app.kubernetes.io/name",

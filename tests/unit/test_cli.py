@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from stackgen.cli import cli
 from stackgen.common.resources import load_schema
 from stackgen.stack.load import load_stack
-from tests.unit.conftest import Run
+from tests.support.cli import Run
 
 COMMANDS = ["build", "validate", "init", "render", "schema"]
 
@@ -66,7 +66,7 @@ def test_validate_json(stackgen: Callable[..., Run], tmp_path: Path) -> None:
 
 def test_validate_other_kubernetes_version(stackgen: Callable[..., Run], tmp_path: Path) -> None:
     from stackgen.validation import kubeschemas
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     schemas = tmp_path / "schemas"
     # The 1.33 folder is reused; only 1.32 is converted into this private folder.
@@ -133,7 +133,7 @@ def test_build_stdout_is_only_yaml(stackgen: Callable[..., Run]) -> None:
 
 def test_reference_doc_is_in_sync_with_the_schema() -> None:
     from stackgen.stack.reference import render_reference
-    from tests.conftest import ROOT
+    from tests.support.paths import ROOT
 
     committed = (ROOT / "docs" / "stack-reference.md").read_text()
     assert committed == render_reference(), (

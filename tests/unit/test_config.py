@@ -14,8 +14,7 @@ from stackgen.common.resources import load_schema
 from stackgen.common.schema_errors import did_you_mean, format_path
 from stackgen.stack.load import load_stack
 from stackgen.stack.model import DispatchSettings, HpaSettings, queue_slug
-from tests.conftest import ROOT
-from tests.unit.conftest import EXAMPLE
+from tests.support.paths import EXAMPLE, ROOT
 
 
 def test_schema_defaults_match_code_defaults() -> None:

@@ -13,9 +13,9 @@ from stackgen.dispatcher.jobs import build_job
 from stackgen.dispatcher.mirrors import mirror_dir
 from stackgen.dispatcher.planner import CreateJob
 from stackgen.stack.load import load_stack
-from tests.conftest import ROOT
+from tests.support.cli import Run
 from tests.support.fake_kube import cronjob_template
-from tests.unit.conftest import Run
+from tests.support.paths import ROOT
 
 
 def test_generated_config_loads() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stackgen.pipeline import build
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())

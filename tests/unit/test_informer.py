@@ -13,9 +13,9 @@ from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.jobs import LABEL_QUEUE, OUR_JOBS
 from stackgen.dispatcher.kube import JSON, KubeError
+from tests.support.dispatcher_config import TOKEN, config_dict
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
 from tests.support.fake_kube import FakeKube, cronjob_template
-from tests.unit.test_dispatcher_loop import TOKEN, config_dict
 
 
 def job(name: str, version: str, **status: Any) -> JSON:

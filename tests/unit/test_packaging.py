@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def test_wheel_builds_the_example_outside_the_repository(tmp_path: Path) -> None:

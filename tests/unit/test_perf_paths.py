@@ -13,10 +13,10 @@ from stackgen.validation.kubeconform import (
     kubeconform_result,
     warm_kubeconform,
 )
+from tests.support.dispatcher_config import config_dict
 from tests.support.fake_buildkite import VirtualClock
 from tests.support.fake_kube import FakeKube
-from tests.unit.conftest import EXAMPLE
-from tests.unit.test_dispatcher_loop import config_dict
+from tests.support.paths import EXAMPLE
 
 
 def job(name: str, created: str, status: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from stackgen.pipeline import build
 from stackgen.validation.policies import PolicyContext, check_objects
-from tests.unit.conftest import EXAMPLE
+from tests.support.paths import EXAMPLE
 
 CTX = PolicyContext(file="stack.yaml", dind_allowed=False, insecure_tls_allowed=False)
 
