@@ -440,7 +440,6 @@ def run_hpa_row(
     """
     import kubernetes
 
-    from tests.support.cluster import orphaned
     from tests.support.aggregator import (
         AdapterProcess,
         Netns,
@@ -448,6 +447,7 @@ def run_hpa_row(
         reap_netns,
         stackgen_build,
     )
+    from tests.support.cluster import orphaned
 
     work.mkdir(parents=True, exist_ok=True)
     strategy = row.strategy(settings)

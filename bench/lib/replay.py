@@ -5,7 +5,7 @@ One *row* is one dispatcher mode (``dispatch`` or ``exact``), polling or webhook
 
 1. the fake Buildkite as a process (bench/lib/e2e.py), one queue per trace queue;
 2. a stack built by ``stackgen build`` and applied, and ``stackgen dispatcher`` run as a
-   real process from the generated config (``tests/e2e/test_dispatcher.py``'s
+   real process from the generated config (``tests/support/dispatcher_process.py``'s
    ``build_stack`` and ``DispatcherProcess``);
 3. the trace's jobs added to the fake at their scheduled times (one control call per queue
    and moment), and in webhook rows a signed ``job.scheduled`` webhook sent to the
