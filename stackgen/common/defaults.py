@@ -14,7 +14,7 @@ from typing import Any
 from stackgen.common.resources import load_schema
 
 
-def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+def resolve_ref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     """Follow a local ``$ref``; keywords beside it (a ``default``) win over the target's."""
     ref = node.get("$ref")
     if not isinstance(ref, str):
@@ -22,7 +22,7 @@ def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     target: Any = root
     for part in ref.removeprefix("#/").split("/"):
         target = target[part]
-    return {**_resolve(target, root), **{k: v for k, v in node.items() if k != "$ref"}}
+    return {**resolve_ref(target, root), **{k: v for k, v in node.items() if k != "$ref"}}
 
 
 def schema_node(schema: str, path: str) -> dict[str, Any]:
@@ -31,13 +31,13 @@ def schema_node(schema: str, path: str) -> dict[str, Any]:
     A list's items are stepped through without naming them: ``queues.maxAgents``.
     """
     root = load_schema(schema)
-    node = _resolve(root, root)
+    node = resolve_ref(root, root)
     for name in path.split(".") if path else []:
         while node.get("type") == "array" and "items" in node:
-            node = _resolve(node["items"], root)
-        node = _resolve(node["properties"][name], root)
+            node = resolve_ref(node["items"], root)
+        node = resolve_ref(node["properties"][name], root)
     while node.get("type") == "array" and "items" in node and "default" not in node:
-        node = _resolve(node["items"], root)
+        node = resolve_ref(node["items"], root)
     return node
 
 
@@ -60,7 +60,7 @@ def section_defaults(schema: str, path: str) -> dict[str, Any]:
     root = load_schema(schema)
     out = {}
     for name, child in props.items():
-        resolved = _resolve(child, root)
+        resolved = resolve_ref(child, root)
         if "default" in resolved:
             out[name] = copy.deepcopy(resolved["default"])
     return out

@@ -16,14 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackgen.buildkite import AgentAPI, BuildkiteError
+from stackgen.buildkite import BuildkiteError
 from stackgen.buildkite.models import AcquisitionToken
 from stackgen.common.models import DispatchedQueue, GitMirror
 from stackgen.dispatcher import mirrors
-from stackgen.dispatcher.informer import JobInformer
+from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.jobs import acquisition_secret, build_job
-from stackgen.dispatcher.kube import JSON, Kube, KubeError
-from stackgen.dispatcher.metrics import Metrics
+from stackgen.dispatcher.kube import JSON, KubeError
 from stackgen.dispatcher.planner import (
     CreateJob,
     DeleteJob,
@@ -33,7 +32,6 @@ from stackgen.dispatcher.planner import (
     QueueMemory,
     WarnQueue,
 )
-from stackgen.dispatcher.stacks import Stacks
 
 #: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
 #: jobs then takes a fraction of a second, not one round trip per object in turn.
@@ -58,23 +56,15 @@ class QueueReport:
 class Actor:
     """Carries out plans (one per queue and cycle)."""
 
-    def __init__(
-        self,
-        api: AgentAPI,
-        kube: Kube,
-        stacks: Stacks,
-        mirrors: tuple[GitMirror, ...],
-        metrics: Metrics,
-        clock: Callable[[], float],
-        informer: JobInformer | None = None,
-    ) -> None:
-        self.api = api
-        self.kube = kube
-        self.stacks = stacks
+    def __init__(self, clients: Clients, mirrors: tuple[GitMirror, ...]) -> None:
+        self.clients = clients
+        self.api = clients.api
+        self.kube = clients.kube
+        self.stacks = clients.stacks
+        self.metrics = clients.metrics
+        self.clock = clients.clock
+        self.informer = clients.informer
         self.mirrors = mirrors
-        self.metrics = metrics
-        self.clock = clock
-        self.informer = informer
 
     def act(
         self,

@@ -23,6 +23,7 @@ from typing import Any
 from stackgen.buildkite import AgentAPI, BuildkiteError, NotFound
 from stackgen.common.models import DispatchedQueue
 from stackgen.dispatcher.act import Actor, QueueReport
+from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.config import DispatcherConfig
 from stackgen.dispatcher.demand import DemandReader
 from stackgen.dispatcher.informer import JobInformer
@@ -89,12 +90,9 @@ class Dispatcher:
         self.queues = {q.name: q for q in config.queues}
         self.schedule = Schedule(self.queues)
         self.stacks = Stacks(buildkite, config.stack_key, config.namespace)
-        self.demand = DemandReader(
-            buildkite, kube, self.stacks, self.schedule, self.metrics, clock, informer
-        )
-        self.actor = Actor(
-            buildkite, kube, self.stacks, config.mirrors, self.metrics, clock, informer
-        )
+        clients = Clients(buildkite, kube, self.stacks, self.metrics, clock, informer)
+        self.demand = DemandReader(clients, self.schedule)
+        self.actor = Actor(clients, config.mirrors)
         self.memory: dict[str, QueueMemory] = {q: QueueMemory() for q in self.queues}
         self._recovered = False
         self._wake = threading.Event()

@@ -9,22 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stackgen.common.defaults import resolve_ref
 from stackgen.common.resources import load_schema
 
 
-def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = node.get("$ref")
-    if not isinstance(ref, str):
-        return node
-    target: Any = root
-    for part in ref.lstrip("#/").split("/"):
-        target = target[part]
-    merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return merged
-
-
 def _type_of(node: dict[str, Any], root: dict[str, Any]) -> str:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     if "const" in node:
         return f"`{json.dumps(node['const'])}`"
     if "enum" in node:
@@ -33,7 +23,7 @@ def _type_of(node: dict[str, Any], root: dict[str, Any]) -> str:
     if isinstance(kind, list):
         return " or ".join(kind)
     if kind == "array":
-        items = _resolve(node.get("items", {}), root)
+        items = resolve_ref(node.get("items", {}), root)
         return f"list of {_type_of(items, root)}"
     if kind == "object" and "additionalProperties" in node and not node.get("properties"):
         value = node["additionalProperties"]
@@ -43,17 +33,17 @@ def _type_of(node: dict[str, Any], root: dict[str, Any]) -> str:
 
 
 def _default(node: dict[str, Any], root: dict[str, Any]) -> str:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     if "default" not in node:
         return ""
     return f"`{json.dumps(node['default'], separators=(', ', ': '))}`"
 
 
 def _rows(node: dict[str, Any], root: dict[str, Any], prefix: str, out: list[str]) -> None:
-    node = _resolve(node, root)
+    node = resolve_ref(node, root)
     required = set(node.get("required", []))
     for name, child in node.get("properties", {}).items():
-        child_r = _resolve(child, root)
+        child_r = resolve_ref(child, root)
         path = f"{prefix}{name}"
         description = " ".join(str(child_r.get("description", "")).split())
         flag = " (required)" if name in required else ""
@@ -62,7 +52,7 @@ def _rows(node: dict[str, Any], root: dict[str, Any], prefix: str, out: list[str
             f"| `{path}`{flag} | {_type_of(child_r, root)} | {_default(child_r, root)} | {cell} |"
         )
         if child_r.get("type") == "array" and isinstance(child_r.get("items"), dict):
-            items = _resolve(child_r["items"], root)
+            items = resolve_ref(child_r["items"], root)
             if items.get("properties"):
                 _rows(items, root, f"{path}[].", out)
         elif child_r.get("properties"):
