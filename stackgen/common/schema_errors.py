@@ -8,7 +8,7 @@ never include a value from the input; they name the field and say what it must b
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jsonschema
@@ -78,22 +78,15 @@ def _expected_types(value: str | Sequence[str]) -> str:
 
 def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
     path = list(error.absolute_path)
-    where = format_path(path)
-    validator = error.validator
     value: Any = error.validator_value
     schema = error.schema if isinstance(error.schema, dict) else {}
-
-    if validator == "additionalProperties" and isinstance(error.instance, dict):
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = sorted(schema.get("properties", {}))
-        extra = sorted(k for k in error.instance if k not in known)
-        for key in extra:
-            hint = did_you_mean(str(key), known)
-            if known:
-                yield Problem(file, format_path([*path, key]), f"unknown key{hint}")
-            else:
-                yield Problem(file, format_path([*path, key]), "unknown key")
+        for key in sorted(k for k in error.instance if k not in known):
+            hint = did_you_mean(str(key), known) if known else ""
+            yield Problem(file, format_path([*path, key]), f"unknown key{hint}")
         return
-    if validator == "required":
+    if error.validator == "required":
         missing = [k for k in value if isinstance(error.instance, dict) and k not in error.instance]
         for key in missing:
             yield Problem(file, format_path([*path, key]), "is required")
@@ -102,59 +95,45 @@ def _problems_for(error: SchemaError, file: str) -> Iterator[Problem]:
     if len(schema_path) >= 2 and schema_path[-2] == "propertyNames":
         # A bad key: jsonschema validates the key itself as the instance.
         name = str(error.instance)
-        if validator == "enum" and isinstance(value, list):
-            choices = [str(v) for v in value]
-            hint = did_you_mean(name, choices)
-            message = hint[2:] if hint else f"not one of: {', '.join(choices)}"
-        else:
-            words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
-            message = f"bad key name: must be {words}"
-        yield Problem(file, format_path([*path, name]), message)
+        yield Problem(file, format_path([*path, name]), _bad_key(name, error.validator, value))
         return
+    yield Problem(file, format_path(path), _message(error, value, schema))
+
+
+def _bad_key(name: str, validator: Any, value: Any) -> str:
+    if validator == "enum" and isinstance(value, list):
+        choices = [str(v) for v in value]
+        hint = did_you_mean(name, choices)
+        return hint[2:] if hint else f"not one of: {', '.join(choices)}"
+    words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
+    return f"bad key name: must be {words}"
+
+
+def _message(error: SchemaError, value: Any, schema: dict[str, Any]) -> str:
+    """What one field's value must be, in words (never quoting the value)."""
+    validator = error.validator
     if validator == "enum" and isinstance(value, list):
         hint = ""
         if isinstance(error.instance, str):
             hint = did_you_mean(error.instance, [str(v) for v in value])
-        yield Problem(file, where, f"must be one of: {', '.join(str(v) for v in value)}{hint}")
-        return
-    if validator == "const":
-        yield Problem(file, where, f"must be {value!r}")
-        return
-    if validator == "type":
-        yield Problem(
-            file,
-            where,
-            f"must be {_expected_types(value)}, not {_describe_type(error.instance)}",
-        )
-        return
-    if validator == "pattern":
-        words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
-        yield Problem(file, where, f"must be {words}")
-        return
+        return f"must be one of: {', '.join(str(v) for v in value)}{hint}"
     if validator in {"minProperties", "maxProperties"} and "properties" in schema:
-        yield Problem(file, where, f"must set exactly one of: {', '.join(schema['properties'])}")
-        return
-    if validator == "minimum":
-        yield Problem(file, where, f"must be at least {value}")
-        return
-    if validator == "maximum":
-        yield Problem(file, where, f"must be at most {value}")
-        return
-    if validator == "minItems":
-        yield Problem(file, where, f"must have at least {value} item{'s' if value != 1 else ''}")
-        return
-    if validator == "minLength":
-        yield Problem(
-            file,
-            where,
-            "must not be empty" if value == 1 else f"must be at least {value} characters",
-        )
-        return
-    if validator == "maxLength":
-        yield Problem(file, where, f"must be at most {value} characters")
-        return
+        return f"must set exactly one of: {', '.join(schema['properties'])}"
+    words: dict[str, Callable[[], str]] = {
+        "const": lambda: f"must be {value!r}",
+        "type": lambda: f"must be {_expected_types(value)}, not {_describe_type(error.instance)}",
+        "pattern": lambda: f"must be {_PATTERN_WORDS.get(str(value), f'text matching {value}')}",
+        "minimum": lambda: f"must be at least {value}",
+        "maximum": lambda: f"must be at most {value}",
+        "minItems": lambda: f"must have at least {value} item{'s' if value != 1 else ''}",
+        "minLength": lambda: (
+            "must not be empty" if value == 1 else f"must be at least {value} characters"
+        ),
+        "maxLength": lambda: f"must be at most {value} characters",
+    }
+    say = words.get(str(validator))
     # Anything else: jsonschema's wording without the instance value.
-    yield Problem(file, where, f"does not satisfy {validator}: {value}")
+    return say() if say else f"does not satisfy {validator}: {value}"
 
 
 def schema_problems(instance: Any, schema: dict[str, Any], file: str) -> list[Problem]:
