@@ -33,7 +33,7 @@ from stackgen.adapter.auth import (
     kubernetes_configmap_reader,
 )
 from stackgen.adapter.poller import Poller
-from stackgen.adapter.store import MetricStore
+from stackgen.adapter.store import POLL_INTERVAL, MetricStore
 from stackgen.adapter.tls import ServerTLS
 from stackgen.common.logs import get_logger
 from stackgen.common.names import METRICS_ADAPTER
@@ -216,7 +216,7 @@ class AdapterSettings:
     secure_port: int = 6443
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    poll_interval: float = 10.0
+    poll_interval: float = POLL_INTERVAL
     stale_intervals: int = 3
     queues: tuple[str, ...] = ()
     stack_key_prefix: str | None = None

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from stackgen.adapter.selectors import Selector
 from stackgen.buildkite.models import MetricsSnapshot, QueueMetrics
+from stackgen.common.defaults import stack_default
+
+#: stack.yaml's metricsAdapter.pollIntervalSeconds when nothing else is said.
+POLL_INTERVAL: float = float(stack_default("metricsAdapter.pollIntervalSeconds"))
 
 __all__ = [
     "AGE_METRIC",
@@ -171,7 +175,7 @@ class MetricStore:
         self,
         queues: Iterable[str] = (),
         *,
-        interval: float = 10.0,
+        interval: float = POLL_INTERVAL,
         stale_intervals: int = 3,
         clock: Callable[[], float] = time.time,
     ) -> None:
