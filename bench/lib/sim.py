@@ -803,6 +803,27 @@ class HPAController:
 # ------------------------------------------------------------------- the dispatcher
 
 
+class Wakeup:
+    """One pending wake-up of a kind: an earlier request replaces a later one."""
+
+    def __init__(self, sim: Sim, fire: Callable[[], None]) -> None:
+        self.sim = sim
+        self.fire = fire
+        self.at: float | None = None
+
+    def request(self, at: float) -> None:
+        if self.at is not None and self.at <= at:
+            return
+        self.at = at
+        self.sim.at(at, self._run, at)
+
+    def _run(self, at: float) -> None:
+        if self.at != at:
+            return  # superseded by an earlier request
+        self.at = None
+        self.fire()
+
+
 class Dispatcher:
     """stackgen's dispatcher loop around the real planner and the real timing.
 
@@ -819,8 +840,8 @@ class Dispatcher:
         self.kube_jobs: dict[str, dict[str, KubeJob]] = {q: {} for q in sim.queues}
         self.schedule = Schedule(self.configs, start=sim.now)
         self.ids = itertools.count(1)
-        self.poll_scheduled_for: float | None = None
-        self.trigger_scheduled_for: float | None = None
+        self.poll_wakeup = Wakeup(sim, self._poll)
+        self.trigger_wakeup = Wakeup(sim, self._triggered_cycle)
         self.controller_free = [0.0] * sim.p.controller_workers
         self.job_limiter = RateLimiter(
             self.s.kcm_qps or sim.p.kcm_qps, self.s.kcm_burst or sim.p.kcm_burst
@@ -871,34 +892,19 @@ class Dispatcher:
 
     def _schedule_trigger(self) -> None:
         at = self.schedule.pending_trigger_at()
-        if at is None:
-            return
-        at = max(self.sim.now, at)
-        if self.trigger_scheduled_for is not None and self.trigger_scheduled_for <= at:
-            return
-        self.trigger_scheduled_for = at
-        self.sim.at(at, self._triggered_cycle, at)
+        if at is not None:
+            self.trigger_wakeup.request(max(self.sim.now, at))
 
-    def _triggered_cycle(self, when: float) -> None:
-        if self.trigger_scheduled_for != when:
-            return  # superseded
-        self.trigger_scheduled_for = None
+    def _triggered_cycle(self) -> None:
         ready = self.schedule.ready_triggers(self.sim.now)
         if ready:
             self.cycle(sorted(ready), announced=True)
         self._schedule_trigger()
 
     def _schedule_poll(self) -> None:
-        at = min(self.schedule.next_due.values())
-        if self.poll_scheduled_for is not None and self.poll_scheduled_for <= at:
-            return
-        self.poll_scheduled_for = at
-        self.sim.at(at, self._poll, at)
+        self.poll_wakeup.request(min(self.schedule.next_due.values()))
 
-    def _poll(self, when: float) -> None:
-        if self.poll_scheduled_for != when:
-            return  # superseded
-        self.poll_scheduled_for = None
+    def _poll(self) -> None:
         if self.schedule.any_due(self.sim.now):
             self.cycle(self.schedule.due(self.sim.now))
         if not self.sim.done():
