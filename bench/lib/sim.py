@@ -54,6 +54,7 @@ from stackgen.dispatcher.planner import (
     plan_queue,
 )
 from stackgen.dispatcher.schedule import Schedule
+from stackgen.stack.model import HpaSettings, ScalingPolicy
 
 
 class RateLimiter:
@@ -151,9 +152,21 @@ class ScalingRules:
 #: Kubernetes' defaults when an HPA sets no behavior.
 K8S_DEFAULT_UP = ScalingRules(0, (("Pods", 4, 15), ("Percent", 100, 15)))
 K8S_DEFAULT_DOWN = ScalingRules(300, (("Percent", 100, 15),))
-#: stackgen's defaults (compose._autoscaler_patch; stack.schema.json).
-STACKGEN_UP = ScalingRules(0, (("Pods", 7, 30), ("Percent", 100, 30)))
-STACKGEN_DOWN = ScalingRules(300, (("Pods", 1, 20),))
+
+
+def stackgen_rules(policy: ScalingPolicy) -> ScalingRules:
+    """One direction of stackgen's HPA behavior (as compose/queues.py writes it)."""
+    policies: list[tuple[str, int, float]] = []
+    if policy.pods is not None:
+        policies.append(("Pods", policy.pods, policy.period_seconds))
+    if policy.percent is not None:
+        policies.append(("Percent", policy.percent, policy.period_seconds))
+    return ScalingRules(policy.stabilization_window_seconds, tuple(policies))
+
+
+#: stackgen's defaults (stack.schema.json's queues[].hpa, through the stack model).
+STACKGEN_UP = stackgen_rules(HpaSettings().scale_up)
+STACKGEN_DOWN = stackgen_rules(HpaSettings().scale_down)
 
 
 @dataclass(frozen=True)
