@@ -51,6 +51,7 @@ from bench.lib import sim
 from bench.lib.common import percentile
 from bench.lib.e2e import Processes, Seen, Watcher, http, start_fake, summary, wait_until
 from bench.lib.trace import Trace, TraceJob
+from stackgen.common.models import DispatchSettings
 
 DISPATCH_LABEL = "stackgen.io/dispatch-id"
 BUILDKITE_JOB_LABEL = "stackgen.io/buildkite-job"
@@ -87,13 +88,14 @@ class Settings:
 
     @classmethod
     def scaled(cls, speed: float) -> Settings:
+        d = DispatchSettings()  # stackgen's defaults (the schema's)
         return cls(
             speed=speed,
-            poll_interval=max(1, round(10 / speed)),
-            cooldown_share=0.5,
-            cooldown_timeout=max(1, round(120 / speed)),
-            pod_start_timeout=max(10, round(300 / speed)),
-            ttl_after_finished=max(0, round(300 / speed)),
+            poll_interval=max(1, round(d.poll_interval_seconds / speed)),
+            cooldown_share=d.cooldown_share,
+            cooldown_timeout=max(1, round(d.cooldown_timeout_seconds / speed)),
+            pod_start_timeout=max(10, round(d.pod_start_timeout_seconds / speed)),
+            ttl_after_finished=max(0, round(d.ttl_seconds_after_finished / speed)),
             idle_timeout=5,
             pickup=(0.0, round(2.0 / speed, 3)),
         )
