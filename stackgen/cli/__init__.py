@@ -11,7 +11,17 @@ import sys
 
 import click
 
-from stackgen.cli import build, dispatcher, init, metrics_adapter, render, schema, validate
+from stackgen.cli import (
+    apply,
+    build,
+    delete,
+    dispatcher,
+    init,
+    metrics_adapter,
+    render,
+    schema,
+    validate,
+)
 from stackgen.cli.errors import handle_errors
 from stackgen.common.status import ExitStatus
 from stackgen.common.version import __version__
@@ -29,7 +39,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     \b
     Examples:
       stackgen init overlays/my-stack --queue default:dispatch
-      stackgen build overlays/my-stack | kubectl apply -f -
+      stackgen apply overlays/my-stack
       stackgen validate overlays/*
     """
     ctx.ensure_object(dict)
@@ -38,7 +48,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 # One module per command; each imports what it needs only when it runs, so that
 # `stackgen --help` stays fast.
-for _module in (build, init, render, schema, validate, dispatcher, metrics_adapter):
+for _module in (build, apply, delete, init, render, schema, validate, dispatcher, metrics_adapter):
     cli.add_command(_module.command)
 cli.add_command(dispatcher.git_mirror)
 

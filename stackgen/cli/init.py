@@ -69,4 +69,4 @@ def command(
         kubernetes_version=kubernetes_version,
     )
     err(f"created {shown}: put your agent token in {shown}/secrets/agent-token, then")
-    err(f"  stackgen build {shown} | kubectl apply -f -")
+    err(f"  stackgen apply {shown}")

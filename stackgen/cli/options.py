@@ -63,3 +63,19 @@ def ignore_missing_schemas(func: F) -> F:
 overlay_argument = click.argument(
     "overlay", type=click.Path(file_okay=True, dir_okay=True, path_type=str)
 )
+
+
+def kube_context(func: F) -> F:
+    """``--kubeconfig FILE`` and ``--context NAME``, passed to kubectl as they are."""
+    func = click.option(
+        "--context",
+        metavar="NAME",
+        default=None,
+        help="The kubeconfig context to use (default: the current context).",
+    )(func)
+    return click.option(
+        "--kubeconfig",
+        metavar="FILE",
+        default=None,
+        help="Path to the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
+    )(func)

@@ -51,3 +51,7 @@ class ValidationError(StackgenError):
 
 class ToolError(StackgenError):
     """A required external tool (kustomize, kubeconform, kubectl) is missing or broken."""
+
+
+class ClusterError(StackgenError):
+    """The cluster refused part of an apply or delete (a conflict, a rejected object)."""

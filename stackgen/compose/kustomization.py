@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackgen.common import yamlio
+from stackgen.common.identity import STACK_LABEL, stack_id
 from stackgen.common.names import METRICS_ADAPTER
 from stackgen.common.version import __version__
 from stackgen.compose.tree import Tree
@@ -84,6 +85,8 @@ def write_root(tree: Tree, stack: Stack) -> None:
         },
         # The instance is part of label selectors: keep metadata.name stable.
         selector_labels("app.kubernetes.io/instance", stack.name),
+        # Only on the objects themselves (not templates): what `stackgen apply` may prune.
+        {"pairs": {STACK_LABEL: stack_id(stack.name, stack.namespace)}},
     ]
     body = root.to_dict()
     if user_annotations:

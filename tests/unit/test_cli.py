@@ -14,7 +14,7 @@ from stackgen.common.resources import load_schema
 from stackgen.stack.load import load_stack
 from tests.support.cli import Run
 
-COMMANDS = ["build", "validate", "init", "render", "schema"]
+COMMANDS = ["build", "apply", "delete", "validate", "init", "render", "schema"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
