@@ -26,8 +26,10 @@ from stackgen.buildkite.models import (
     RegisteredStack,
     ScheduledJob,
     ScheduledPage,
+    StackJob,
     parse_metrics,
     parse_scheduled_page,
+    parse_stack_job,
 )
 
 USER_AGENT = "stackgen-dispatcher"
@@ -313,6 +315,15 @@ class AgentAPI:
             return [str(u) for u in data["reserved"]], [str(u) for u in data["not_reserved"]]
         except (KeyError, TypeError) as exc:
             raise BadResponse(f"PUT {path}: unexpected shape: {exc}") from exc
+
+    def stack_job(self, stack_key: str, job_uuid: str) -> StackJob:
+        """``GET /stacks/:key/jobs/:uuid``: the job's command and environment."""
+        path = f"/stacks/{_escape(stack_key)}/jobs/{_escape(job_uuid)}"
+        data = self.call("GET", path)
+        try:
+            return parse_stack_job(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadResponse(f"GET {path}: unexpected shape: {exc}") from exc
 
     def job_states(self, stack_key: str, job_uuids: Iterable[str]) -> dict[str, str]:
         """Current state of each job (unknown jobs are left out)."""

@@ -170,3 +170,30 @@ class AcquisitionToken:
     job_uuid: str
     token: str = field(repr=False)
     expires_at: str = ""
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """One job as ``GET /stacks/:key/jobs/:uuid`` gives it: what the step runs."""
+
+    uuid: str
+    command: str
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def parse_stack_job(data: Any) -> StackJob:
+    """Parse a Stacks API job; raise on a bad shape."""
+    if not isinstance(data, dict):
+        raise TypeError("body is not an object")
+    uuid = data["id"]
+    if not isinstance(uuid, str) or not uuid:
+        raise ValueError("job id is empty")
+    env = data.get("env") or {}
+    if not isinstance(env, dict):
+        raise TypeError("env is not an object")
+    command = data.get("command")
+    return StackJob(
+        uuid=uuid,
+        command=command if isinstance(command, str) else "",
+        env={str(k): str(v) for k, v in env.items()},
+    )

@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from stackgen.common.defaults import stack_default
 from stackgen.common.errors import Problem
 from stackgen.common.names import GIT_MIRRORS_PATH
+from stackgen.common.podsteps import PluginSettings
 
 DispatchMode = Literal["dispatch", "exact"]
 
@@ -97,6 +98,8 @@ class DispatchedQueue:
     buffer: int
     dispatch: DispatchSettings = DispatchSettings()
     git_mirror: str | None = None
+    #: exact mode: steps with the ``kubernetes`` plugin and their guard rails.
+    kubernetes_plugin: PluginSettings = dataclasses.field(default_factory=PluginSettings)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DispatchedQueue:
@@ -110,6 +113,7 @@ class DispatchedQueue:
             buffer=data["buffer"],
             dispatch=DispatchSettings.from_dict(data),
             git_mirror=data.get("gitMirror"),
+            kubernetes_plugin=PluginSettings.from_dict(data.get("kubernetesPlugin") or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +127,11 @@ class DispatchedQueue:
             "buffer": self.buffer,
             **self.dispatch.to_dict(),
             "gitMirror": self.git_mirror,
+            **(
+                {"kubernetesPlugin": self.kubernetes_plugin.to_dict()}
+                if self.mode == "exact"
+                else {}
+            ),
         }
 
 

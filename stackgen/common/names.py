@@ -39,6 +39,9 @@ ADAPTER_APISERVICE = "v1beta1.external.metrics.k8s.io"
 # ------------------------------------------------------------------ agents
 #: Name of the agent Deployment (hpa) and CronJob (dispatch, exact) in the bases.
 AGENT_WORKLOAD = "buildkite-agent"
+#: The ServiceAccount (and Role, RoleBinding) of a ``podSteps`` queue's agents, before
+#: the queue's name suffix.
+AGENT_STEPS_SERVICE_ACCOUNT = "buildkite-agent-steps"
 #: The agent container in every agent pod.
 AGENT_CONTAINER = "agent"
 #: Secrets and ConfigMaps the stack generates for agents.

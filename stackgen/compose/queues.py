@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from stackgen.common.names import AGENT_CONTAINER, AGENT_IMAGE, AGENT_WORKLOAD, GIT_MIRRORS_PATH
+from stackgen.common.names import (
+    AGENT_CONTAINER,
+    AGENT_IMAGE,
+    AGENT_STEPS_SERVICE_ACCOUNT,
+    AGENT_WORKLOAD,
+    GIT_MIRRORS_PATH,
+)
 from stackgen.compose.kustomization import Kustomization, selector_labels
 from stackgen.compose.tree import Tree, image_entry
 from stackgen.stack.model import Queue, ScalingPolicy, Stack
@@ -21,8 +27,16 @@ def add_queues(tree: Tree, kz: Kustomization) -> None:
     """Every queue's kustomization (``stack/queues/<slug>/``), listed in the stack's."""
     for index, queue in enumerate(tree.stack.queues):
         folder = f"stack/queues/{queue.slug}"
+        resources = [f"{_BASES}/{'agent-pool' if queue.mode == 'hpa' else 'agent-job'}"]
+        if queue.pod_steps:
+            resources.append(f"{_BASES}/agent-steps")
+            tree.notice(
+                f"queue {queue.name!r}: podSteps is on: its agents mount a ServiceAccount token "
+                f"that may create, watch and delete Jobs and Pods in namespace "
+                f"{tree.stack.namespace!r}"
+            )
         qkz = Kustomization(
-            resources=[f"{_BASES}/{'agent-pool' if queue.mode == 'hpa' else 'agent-job'}"],
+            resources=resources,
             name_suffix=f"-{queue.slug}",
             labels=[selector_labels("stackgen.io/queue", queue.slug)],
             components=["../../../components/dind"] if queue.dind else [],
@@ -88,6 +102,10 @@ def _pod_spec(stack: Stack, queue: Queue) -> dict[str, Any]:
         spec["imagePullSecrets"] = [{"name": n} for n in agent.image_pull_secrets]
     if queue.dind:
         spec["initContainers"] = [{"name": "dind", "resources": stack.dind.resources.to_k8s()}]
+    if queue.pod_steps:
+        # The base's ServiceAccount of this queue (kustomize adds the queue's suffix).
+        spec["serviceAccountName"] = AGENT_STEPS_SERVICE_ACCOUNT
+        spec["automountServiceAccountToken"] = True
     return spec
 
 

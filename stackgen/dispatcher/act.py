@@ -32,6 +32,7 @@ from stackgen.dispatcher.planner import (
     QueueMemory,
     WarnQueue,
 )
+from stackgen.dispatcher.steps import StepRefused, step_job_maker
 
 #: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
 #: jobs then takes a fraction of a second, not one round trip per object in turn.
@@ -86,7 +87,7 @@ class Actor:
         creates = [a for a in plan.actions if isinstance(a, CreateJob)]
         if not creates:
             return
-        make = self._job_maker(queue)
+        make = self._job_maker(queue, log)
         if queue.mode == "exact":
             self._create_exact(queue, creates, make, demand, memory, report, log)
             return
@@ -94,18 +95,22 @@ class Actor:
             self._create(make(action), report)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
 
-    def _job_maker(self, queue: DispatchedQueue) -> Callable[[CreateJob], JSON]:
-        """Jobs from the queue's template, read now: an applied change takes effect at once."""
+    def _job_maker(self, queue: DispatchedQueue, log: Any) -> Callable[[CreateJob], JSON]:
+        """Jobs from the queue's template, read now: an applied change takes effect at once.
+
+        In exact mode each Job is then made as its step asks (:mod:`.steps`).
+        """
         cronjob = self.kube.get_cronjob(queue.template)
         mirror = next((m for m in self.mirrors if m.name == queue.git_mirror), None)
         claim = mirrors.newest_ready_claim(self.kube, mirror.name) if mirror else None
-        return functools.partial(
+        make = functools.partial(
             build_job,
             cronjob,
             queue=queue,
             mirror_claim=claim,
             mirror_path=mirror.mount_path if mirror else None,
         )
+        return step_job_maker(self.clients, queue, make, log) if queue.mode == "exact" else make
 
     def _delete(self, queue: DispatchedQueue, action: DeleteJob, log: Any) -> None:
         log.warning("deleting Job whose pods never started", job=action.name, reason=action.reason)
@@ -202,8 +207,11 @@ class Actor:
     ) -> tuple[list[CreateJob], BaseException | None]:
         """Each Job and its token Secret, CREATE_CONCURRENCY at a time."""
 
-        def start(action: CreateJob, token: AcquisitionToken) -> CreateJob:
-            body = make(action)
+        def start(action: CreateJob, token: AcquisitionToken) -> CreateJob | None:
+            try:
+                body = make(action)
+            except StepRefused:
+                return None  # failed on Buildkite with the reason: nothing to create
             created = self._create(body, report)
             body["metadata"]["uid"] = (created.get("metadata") or {}).get("uid", "")
             try:
@@ -219,7 +227,8 @@ class Actor:
             futures = [pool.submit(start, action, token) for action, token in started]
             for future in futures:
                 try:
-                    done.append(future.result())
+                    if (created := future.result()) is not None:
+                        done.append(created)
                 except (KubeError, BuildkiteError) as exc:
                     first_error = first_error or exc
         return done, first_error

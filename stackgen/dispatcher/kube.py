@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any, Protocol
 
 JSON = dict[str, Any]
@@ -32,6 +33,16 @@ def slim_listed_job(job: JSON) -> JSON:
     if isinstance(spec, dict):
         spec.pop("template", None)
     return job
+
+
+def quantity(value: object) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``2Gi``) as a number, by the client's own parser.
+
+    Raises ValueError when ``value`` is not a quantity.
+    """
+    from kubernetes.utils.quantity import parse_quantity
+
+    return Decimal(parse_quantity(value))
 
 
 class KubeError(Exception):
@@ -78,6 +89,7 @@ class Kube(Protocol):
     def get_lease(self, name: str) -> JSON | None: ...
     def create_lease(self, body: JSON) -> JSON: ...
     def replace_lease(self, name: str, body: JSON) -> JSON: ...
+    def dry_run_job(self, body: JSON) -> JSON: ...
 
 
 class ClientKube:
@@ -207,6 +219,13 @@ class ClientKube:
 
     def get_job(self, name: str) -> JSON:
         result: JSON = self._call(self._batch.read_namespaced_job, name, self.namespace)
+        return result
+
+    def dry_run_job(self, body: JSON) -> JSON:
+        """Create ``body`` with ``dryRun=All``: validated and admitted, never stored."""
+        result: JSON = self._call(
+            self._batch.create_namespaced_job, self.namespace, body, dry_run="All"
+        )
         return result
 
     def delete_job(self, name: str) -> None:

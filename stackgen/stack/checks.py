@@ -75,6 +75,12 @@ def _queue_rules(stack: Stack) -> Iterator[Problem]:
                     f"{where}.gitMirror",
                     "git mirrors are attached by the dispatcher: use mode dispatch or exact",
                 )
+        if queue.kubernetes_plugin is not None and queue.mode != "exact":
+            yield Problem(
+                file,
+                f"{where}.kubernetesPlugin",
+                "only exact queues read a step's pod spec before starting it: use mode exact",
+            )
         if queue.mode == "exact" and queue.buffer:
             yield Problem(
                 file, f"{where}.buffer", "exact queues start one agent per job and have no buffer"

@@ -17,6 +17,7 @@ from stackgen.common.defaults import section_defaults, stack_default
 from stackgen.common.errors import ConfigError, Problem
 from stackgen.common.files import display_path, read_yaml_file
 from stackgen.common.models import DispatchSettings, GitMirror
+from stackgen.common.podsteps import PluginSettings
 from stackgen.common.resources import load_schema
 from stackgen.stack.checks import check_stack
 from stackgen.stack.model import (
@@ -236,6 +237,12 @@ def _queue(data: Mapping[str, Any], agent: AgentSettings) -> Queue:
         git_mirror=queue.get("gitMirror"),
         hpa=HpaSettings.from_dict(data.get("hpa", {})),
         dispatch=DispatchSettings.from_dict(data.get("dispatch", {})),
+        pod_steps=queue["podSteps"],
+        kubernetes_plugin=(
+            PluginSettings.from_dict(data["kubernetesPlugin"])
+            if "kubernetesPlugin" in data
+            else None
+        ),
     )
 
 

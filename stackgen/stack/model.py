@@ -16,6 +16,7 @@ from stackgen.common.defaults import stack_default
 from stackgen.common.files import display_path
 from stackgen.common.models import DispatchedQueue, DispatchSettings, GitMirror
 from stackgen.common.names import AGENT_WORKLOAD, queue_slug
+from stackgen.common.podsteps import PluginSettings
 
 Mode = Literal["hpa", "dispatch", "exact"]
 
@@ -175,6 +176,10 @@ class Queue:
     git_mirror: str | None
     hpa: HpaSettings
     dispatch: DispatchSettings
+    #: Agents get a ServiceAccount token and a Role for a step-pod plugin.
+    pod_steps: bool = False
+    #: exact mode: the ``kubernetes`` plugin's guard rails (None: not given in stack.yaml).
+    kubernetes_plugin: PluginSettings | None = None
 
     @property
     def slug(self) -> str:
@@ -204,6 +209,7 @@ class Queue:
             buffer=self.buffer,
             dispatch=self.dispatch,
             git_mirror=self.git_mirror,
+            kubernetes_plugin=self.kubernetes_plugin or PluginSettings(),
         )
 
 

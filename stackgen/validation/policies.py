@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from stackgen.common.errors import Problem
-from stackgen.common.names import DISPATCHER, GIT_MIRROR, METRICS_ADAPTER
+from stackgen.common.names import (
+    AGENT_STEPS_SERVICE_ACCOUNT,
+    AGENT_WORKLOAD,
+    DISPATCHER,
+    GIT_MIRROR,
+    METRICS_ADAPTER,
+)
 
 #: Pods stackgen itself runs: they must meet Pod Security `restricted`.
 OWN_APPS = {DISPATCHER, METRICS_ADAPTER, GIT_MIRROR}
@@ -120,7 +126,24 @@ def check_objects(objects: list[dict[str, Any]], ctx: PolicyContext) -> list[Pro
         spec, spec_path, pod_meta = found
         own = _app_name(obj, pod_meta) in OWN_APPS
         problems += _pod_checks(obj, spec, spec_path, pod_meta, ctx, restricted=own)
+        if _app_name(obj, pod_meta) == AGENT_WORKLOAD:
+            problems += _agent_token(obj, spec, spec_path, ctx)
     return problems
+
+
+def _agent_token(
+    obj: dict[str, Any], spec: dict[str, Any], spec_path: str, ctx: PolicyContext
+) -> Iterator[Problem]:
+    """Agents mount an API token only as a ``podSteps`` queue's ServiceAccount."""
+    account = str(spec.get("serviceAccountName") or "")
+    if spec.get("automountServiceAccountToken") is not False and not account.startswith(
+        f"{AGENT_STEPS_SERVICE_ACCOUNT}-"
+    ):
+        yield Problem(
+            ctx.file,
+            f"{object_id(obj)}: {spec_path}.automountServiceAccountToken",
+            "agent pods mount no Kubernetes API token unless their queue has podSteps: true",
+        )
 
 
 def _one_hpa_per_target(objects: list[dict[str, Any]], ctx: PolicyContext) -> Iterator[Problem]:

@@ -149,6 +149,11 @@ class FakeKube:
         self._enter("create_job", body["metadata"]["name"])
         return self._create("jobs", body)
 
+    def dry_run_job(self, body: JSON) -> JSON:
+        """Server-side dry run of a create: nothing is stored (faults can be injected)."""
+        self._enter("dry_run_job", body["metadata"]["name"])
+        return copy.deepcopy(body)
+
     def get_job(self, name: str) -> JSON:
         self._enter("get_job", name)
         return self._get("jobs", name)
