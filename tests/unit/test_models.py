@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from stackgen.common.defaults import stack_default
 from stackgen.common.models import DispatchedQueue, DispatchSettings, GitMirror
+from stackgen.common.podsteps import PluginSettings
 from stackgen.common.resources import load_schema
 
 
@@ -19,8 +20,23 @@ def test_dispatch_settings_keys_are_the_schemas() -> None:
     written = DispatchSettings().to_dict()
     assert list(written) == list(stack_keys)
     assert set(written["cooldown"]) == set(stack_keys["cooldown"]["properties"])
-    queue = DispatchedQueue("q", "dispatch", "buildkite-agent-q", 0, 1, 0)
+    queue = DispatchedQueue("q", "exact", "buildkite-agent-q", 0, 1, 0)
     assert set(queue.to_dict()) == set(dispatcher_item("queues"))
+    # A dispatch queue runs no step pods: its entry leaves the plugin settings out.
+    queue = DispatchedQueue("q", "dispatch", "buildkite-agent-q", 0, 1, 0)
+    assert set(queue.to_dict()) == set(dispatcher_item("queues")) - {"kubernetesPlugin"}
+
+
+def test_plugin_settings_keys_and_defaults_are_the_schemas() -> None:
+    stack_keys = load_schema("stack")["$defs"]["kubernetesPlugin"]["properties"]
+    dispatcher_keys = dispatcher_item("queues")["kubernetesPlugin"]["properties"]  # type: ignore[index]
+    written = PluginSettings().to_dict()
+    assert list(written) == list(stack_keys) == list(dispatcher_keys)
+    for key, value in written.items():
+        assert value == stack_default(f"queues.kubernetesPlugin.{key}"), key
+    given = PluginSettings.from_dict({"allowedImages": ["alpine:*"], "maxResources": {"cpu": 2}})
+    assert given.allowed_images == ("alpine:*",) and given.max_resources == {"cpu": "2"}
+    assert PluginSettings.from_dict(given.to_dict()) == given
 
 
 def test_every_dispatch_setting_defaults_to_the_schema() -> None:

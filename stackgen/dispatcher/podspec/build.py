@@ -149,6 +149,9 @@ def build_pod(
     if plugin.checkout.skip:
         spec["containers"] = [c for c in spec["containers"] if c.get("name") != CHECKOUT]
     _finish(spec, settings)
+    for key in PROTECTED_POD_FIELDS:
+        if spec.get(key) != template.get(key):
+            raise PluginError(f"podSpecPatch.{key}: a step cannot change the pod's service account")
     return StepPod(spec=spec, generated=generated, coordinated=coordinated)
 
 
