@@ -494,3 +494,27 @@ def test_name_that_would_leave_the_composed_tree(
     assert_rejected(run, "stack.yaml: gitMirrors[0].name:")
     # stackgen-XXXX/tree/stack/git-mirrors/../../../.. is the temp dir itself.
     assert not (Path(tempfile.gettempdir()) / escape).exists()
+
+
+def test_kubernetes_plugin_settings_only_on_exact_queues(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    set_stack(minimal, "    mode: dispatch\n", "    mode: dispatch\n    kubernetesPlugin: {}\n")
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "queues[0].kubernetesPlugin: only exact queues read a step's pod spec",
+    )
+
+
+def test_kubernetes_plugin_unknown_guard_rail_key(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    set_stack(
+        minimal,
+        "    mode: dispatch\n",
+        "    mode: exact\n    kubernetesPlugin: {allowedImage: [alpine]}\n",
+    )
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "queues[0].kubernetesPlugin.allowedImage: unknown key; did you mean 'allowedImages'?",
+    )

@@ -302,3 +302,35 @@ def test_cert_manager_issues_the_adapter_certificate(example: Path) -> None:
     )
     assert "caBundle" not in api["spec"] and "insecureSkipTLSVerify" not in api["spec"]
     assert not [s for s in by_kind(result.objects, "Secret") if "metrics-adapter-tls" in s]
+
+
+def test_pod_steps_queue_gets_a_token_and_a_namespaced_role_with_a_notice(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    text = (minimal / "stack.yaml").read_text()
+    (minimal / "stack.yaml").write_text(
+        text.replace("    mode: dispatch\n", "    mode: dispatch\n    podSteps: true\n", 1)
+    )
+    run = stackgen("build", str(minimal))
+    assert run.code == 0, run.stderr
+    assert "podSteps is on: its agents mount a ServiceAccount token" in run.stderr
+    objects = list(yaml.safe_load_all(run.stdout))
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert ("ServiceAccount", "buildkite-agent-steps-default") in kinds
+    (role,) = [o for o in objects if o["kind"] == "Role" and "steps" in o["metadata"]["name"]]
+    assert role["metadata"]["namespace"]  # namespaced: nothing cluster-wide
+    assert not [
+        o
+        for o in objects
+        if o["kind"] in ("ClusterRole", "ClusterRoleBinding") and "steps" in o["metadata"]["name"]
+    ]
+    rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods/log"): {"get"},
+    }
+    (cronjob,) = [o for o in objects if o["kind"] == "CronJob"]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "buildkite-agent-steps-default"
+    assert pod["automountServiceAccountToken"] is True

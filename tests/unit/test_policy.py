@@ -172,3 +172,23 @@ def test_apiservice_without_a_way_to_verify_the_adapter() -> None:
     injected = copy.deepcopy(api)
     injected["metadata"]["annotations"] = {"cert-manager.io/inject-ca-from": "x/cert"}
     assert messages([injected]) == []
+
+
+def test_agent_pods_mount_an_api_token_only_with_pod_steps() -> None:
+    agents = {"app.kubernetes.io/name": "buildkite-agent"}
+    pod = deployment(name="buildkite-agent", labels=agents)
+    spec = pod["spec"]["template"]["spec"]
+    spec["serviceAccountName"] = "buildkite-agent"
+    # The default (no automountServiceAccountToken) mounts a token: refused.
+    assert any("mount no Kubernetes API token" in m for m in messages([pod]))
+    spec["automountServiceAccountToken"] = True
+    assert any("unless their queue has podSteps" in m for m in messages([pod]))
+    spec["automountServiceAccountToken"] = False
+    assert messages([pod]) == []
+    # A podSteps queue's own ServiceAccount may.
+    spec.update(
+        serviceAccountName="buildkite-agent-steps-k8s-job", automountServiceAccountToken=True
+    )
+    assert messages([pod]) == []
+    # Other apps are not agents.
+    assert messages([deployment()]) == []
