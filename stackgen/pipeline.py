@@ -47,6 +47,7 @@ from stackgen.stack.load import (
     stack_problems,
 )
 from stackgen.stack.model import Stack
+from stackgen.stack.placeholders import with_placeholders
 from stackgen.stack.sources import kustomize_files, literal_secrets, user_sources
 from stackgen.validation.dry_run import server_dry_run
 from stackgen.validation.kubeconform import KubeconformRun, kubeconform_result, warm_kubeconform
@@ -64,6 +65,8 @@ class BuildOptions:
     server_dry_run: bool = False
     ignore_missing_schemas: bool = False
     environ: Mapping[str, str] | None = None
+    #: Build absent secret files with placeholders (:mod:`stackgen.stack.placeholders`).
+    skip_missing_secrets: bool = False
 
 
 @dataclass
@@ -78,6 +81,8 @@ class BuildResult:
     notices: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     kubeconform_summary: dict[str, int] = field(default_factory=dict)
+    #: The secrets built with placeholders (``skip_missing_secrets``), as notices.
+    placeholders: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Source:
     policy: PolicyContext
     stack: Stack | None = None
     notices: list[str] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
     #: The input's checks that run while kustomize does (they raise ConfigError).
     checks: Callable[[], None] = lambda: None
 
@@ -178,15 +184,19 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
     def schema_first() -> None:
         raise_config(stack_problems(data, shown))
 
+    notices: list[str] = []
     try:
         stack = stack_from_data(data, overlay, stack_file)
+        if options.skip_missing_secrets:
+            placeholders = with_placeholders(stack, environ)
+            stack, environ, notices = placeholders.stack, placeholders.environ, placeholders.notices
         timer.lap("load")
         sources = literal_secrets(user_sources(stack))
     except Exception:
         schema_first()
         raise
     try:
-        composed = compose(stack, dest, environ=options.environ, check=False)
+        composed = compose(stack, dest, environ=environ, check=False)
     except Exception:
         # What the checks say (a missing secret file, …) is the real problem.
         schema_first()
@@ -212,7 +222,8 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
         kubernetes_version=options.kubernetes_version or stack.kubernetes_version,
         policy=policy,
         stack=stack,
-        notices=composed.notices,
+        notices=notices + composed.notices,
+        placeholders=notices,
         checks=checks,
     )
 
@@ -285,6 +296,7 @@ def judge(
         kubernetes_version=source.kubernetes_version,
         notices=list(source.notices),
         timings=timer.timings,
+        placeholders=list(source.placeholders),
     )
     if kubeconform is not None:
         policy = check_objects(objects, source.policy)

@@ -14,6 +14,7 @@ from stackgen.common.output import notice, out
 @opts.kubernetes_version
 @opts.server_dry_run
 @opts.ignore_missing_schemas
+@opts.skip_missing_secrets
 @click.option(
     "--validate/--no-validate",
     default=True,
@@ -26,6 +27,7 @@ def command(
     kubernetes_version: str | None,
     server_dry_run: bool,
     ignore_missing_schemas: bool,
+    skip_missing_secrets: bool,
     validate: bool,
 ) -> None:
     """Build OVERLAY into a validated stack on stdout.
@@ -37,6 +39,7 @@ def command(
     Examples:
       stackgen build overlays/example | kubectl apply -f -
       stackgen build overlays/example --server-dry-run > stack.yaml
+      stackgen build overlays/example --skip-missing-secrets > /dev/null   # CI, no secrets
     """
     from stackgen.pipeline import BuildOptions, build
 
@@ -47,8 +50,14 @@ def command(
             validate=validate,
             server_dry_run=server_dry_run,
             ignore_missing_schemas=ignore_missing_schemas,
+            skip_missing_secrets=skip_missing_secrets,
         ),
     )
     for message in result.notices:
         notice(message)
+    if result.placeholders:
+        notice(
+            "the stack printed holds placeholder secrets (--skip-missing-secrets): "
+            "validate it, never apply it"
+        )
     out(result.manifest)

@@ -60,6 +60,17 @@ def ignore_missing_schemas(func: F) -> F:
     )(func)
 
 
+def skip_missing_secrets(func: F) -> F:
+    """``--skip-missing-secrets``."""
+    return click.option(
+        "--skip-missing-secrets",
+        is_flag=True,
+        help="Build absent secret files (and unset token variables) with throwaway "
+        "placeholders, each named in a notice: for CI checkouts without the git-ignored "
+        "secrets. Present files are checked as usual.",
+    )(func)
+
+
 overlay_argument = click.argument(
     "overlay", type=click.Path(file_okay=True, dir_okay=True, path_type=str)
 )

@@ -18,6 +18,7 @@ from stackgen.common.status import ExitStatus
 @opts.kubernetes_version
 @opts.server_dry_run
 @opts.ignore_missing_schemas
+@opts.skip_missing_secrets
 @click.option(
     "--output",
     "output_format",
@@ -33,6 +34,7 @@ def command(
     kubernetes_version: str | None,
     server_dry_run: bool,
     ignore_missing_schemas: bool,
+    skip_missing_secrets: bool,
     output_format: str,
 ) -> None:
     """Check every OVERLAY: config schema, kustomize, kubeconform, policy.
@@ -43,6 +45,7 @@ def command(
     \b
     Examples:
       stackgen validate overlays/*
+      stackgen validate --skip-missing-secrets overlays/*     # CI: secrets git-ignored
       stackgen validate overlays/* --output json
       stackgen validate overlays/prod --server-dry-run
     """
@@ -60,6 +63,7 @@ def command(
                     kubernetes_version=kubernetes_version,
                     server_dry_run=server_dry_run,
                     ignore_missing_schemas=ignore_missing_schemas,
+                    skip_missing_secrets=skip_missing_secrets,
                 ),
             )
         except StackgenError as exc:

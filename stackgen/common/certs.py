@@ -93,8 +93,10 @@ def make_leaf(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> dict[str, Path]:
-    """Write ca.crt, tls.crt and tls.key (mode 0600) into ``dest``; return their paths."""
+def adapter_certs(
+    namespace: str, *, days: int = 825
+) -> tuple[x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new CA and the adapter's serving certificate (and key) for ``namespace``."""
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     not_before = now - dt.timedelta(minutes=5)
     not_after = now + dt.timedelta(days=days)
@@ -110,6 +112,12 @@ def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> di
         not_after=not_after,
         sans=[x509.DNSName(n) for n in names],
     )
+    return ca, cert, key
+
+
+def generate_adapter_certs(namespace: str, dest: Path, *, days: int = 825) -> dict[str, Path]:
+    """Write ca.crt, tls.crt and tls.key (mode 0600) into ``dest``; return their paths."""
+    ca, cert, key = adapter_certs(namespace, days=days)
     paths = {"ca": dest / "ca.crt", "cert": dest / "tls.crt", "key": dest / "tls.key"}
     write_pems(paths, ca, cert, key)
     return paths

@@ -1,8 +1,9 @@
 """The metrics adapter serving ``hpa`` queues: its TLS, settings and kube-system part.
 
 The API aggregator must trust the adapter: with the user's certificate files (the
-APIService carries the CA bundle), a cert-manager Certificate (cainjector fills the
-bundle), or the explicit, visible opt-in ``insecureSkipTLSVerify``.
+APIService carries the CA bundle), an existing ``kubernetes.io/tls`` Secret (with the CA
+file for the bundle), a cert-manager Certificate (cainjector fills the bundle), or the
+explicit, visible opt-in ``insecureSkipTLSVerify``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def _add_tls(tree: Tree, kz: Kustomization) -> None:
         tree.write_yaml("stack/metrics-adapter-certificate.yaml", _certificate(stack))
         kz.resources.append("metrics-adapter-certificate.yaml")
         patch = _apiservice_patch(inject_from=f"{stack.namespace}/{METRICS_ADAPTER}")
+    elif tls.existing_secret is not None:
+        assert tls.ca_file is not None
+        patch_file = "patches/metrics-adapter-existing-tls.yaml"
+        tree.write_yaml(f"stack/{patch_file}", _serving_cert_patch(tls.existing_secret))
+        kz.patch(patch_file)
+        patch = _apiservice_patch(ca_bundle=stack.secret_bytes(tls.ca_file))
     else:
         assert tls.ca_file and tls.cert_file and tls.key_file
         kz.secret_generator.append(
@@ -79,9 +86,20 @@ def _add_tls(tree: Tree, kz: Kustomization) -> None:
                 ],
             )
         )
-        patch = _apiservice_patch(ca_bundle=tls.ca_file.read_bytes())
+        patch = _apiservice_patch(ca_bundle=stack.secret_bytes(tls.ca_file))
     tree.write_yaml(f"stack/{_TLS_PATCH}", patch)
     kz.patch(_TLS_PATCH)
+
+
+def _serving_cert_patch(secret: str) -> dict[str, Any]:
+    """The adapter mounts an existing ``kubernetes.io/tls`` Secret (nothing generated)."""
+    volume = {"name": "serving-cert", "secret": {"secretName": secret}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": METRICS_ADAPTER},
+        "spec": {"template": {"spec": {"volumes": [volume]}}},
+    }
 
 
 def _apiservice_patch(

@@ -35,7 +35,7 @@ def add_webhook(tree: Tree, kz: Kustomization, environ: Mapping[str, str]) -> No
     if not (stack.dispatched_queues and webhook.enabled and webhook.token is not None):
         return
     if webhook.token.existing_secret is None:
-        path = tree.write_secret("webhook-token", secret_value(webhook.token, environ))
+        path = tree.write_secret("webhook-token", secret_value(stack, webhook.token, environ))
         kz.secret_generator.append(
             generated(WEBHOOK_TOKEN_SECRET, DISPATCHER, "webhook-token", files=[f"token={path}"])
         )

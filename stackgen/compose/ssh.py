@@ -1,20 +1,32 @@
 """An SSH deploy key: a ``kubernetes.io/ssh-auth`` Secret with the key and known_hosts.
 
-Its component mounts it; stackgen's hook starts ssh-agent and pins known_hosts.
+Its component mounts it; stackgen's hook starts ssh-agent and pins known_hosts.  With
+``existingSecret`` the component's volume reads that Secret (its keys mapped to the file
+names the hook reads); nothing is generated.
 """
 
 from __future__ import annotations
 
 from stackgen.compose.kustomization import Kustomization, generated
+from stackgen.compose.token import point_agents_at
 from stackgen.compose.tree import Tree
 
 
 def add_ssh_key(tree: Tree, kz: Kustomization) -> None:
-    """The ``ssh-key`` component and its Secret, when stack.yaml names a key."""
+    """The ``ssh-key`` component and its Secret (generated, or an existing one)."""
     key = tree.stack.secrets.ssh_key
     if key is None:
         return
     kz.components.append("../components/ssh-key")
+    existing = key.existing_secret
+    if existing is not None:
+        items = {
+            existing.private_key_key: "ssh-privatekey",
+            existing.known_hosts_key: "known_hosts",
+        }
+        point_agents_at(tree, kz, "ssh-key", existing.name, items)
+        return
+    assert key.private_key_file is not None and key.known_hosts_file is not None
     kz.secret_generator.append(
         generated(
             "buildkite-ssh-key",

@@ -32,7 +32,7 @@ def add_agent_token(tree: Tree, kz: Kustomization, environ: Mapping[str, str]) -
     """The token's Secret, or patches pointing every consumer at the existing one."""
     token = tree.stack.secrets.agent_token
     if token.existing_secret is None:
-        path = tree.write_secret("agent-token", secret_value(token, environ))
+        path = tree.write_secret("agent-token", secret_value(tree.stack, token, environ))
         kz.secret_generator.append(
             generated(AGENT_TOKEN_SECRET, "buildkite-agent", "agent-token", files=[f"token={path}"])
         )
@@ -66,3 +66,37 @@ def secret_env_patch(
         "metadata": {"name": name},
         "spec": {"template": pod},
     }
+
+
+def secret_volume_patch(
+    kind: str, volume: str, secret: str, items: dict[str, str]
+) -> dict[str, Any]:
+    """Strategic-merge patch: the pod volume ``volume`` reads ``secret`` (``items``: key → path)."""
+    source = {
+        "secretName": secret,
+        "items": [{"key": key, "path": path} for key, path in items.items()],
+    }
+    pod: dict[str, Any] = {"spec": {"volumes": [{"name": volume, "secret": source}]}}
+    if kind == "CronJob":
+        return {
+            "apiVersion": "batch/v1",
+            "kind": kind,
+            "metadata": {"name": "any"},
+            "spec": {"jobTemplate": {"spec": {"template": pod}}},
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": "any"},
+        "spec": {"template": pod},
+    }
+
+
+def point_agents_at(
+    tree: Tree, kz: Kustomization, volume: str, secret: str, items: dict[str, str]
+) -> None:
+    """Every agent pod's ``volume`` reads the existing ``secret`` instead of a generated one."""
+    for kind in ("Deployment", "CronJob"):
+        name = f"patches/{volume}-existing-secret-{kind.lower()}.yaml"
+        tree.write_yaml(f"stack/{name}", secret_volume_patch(kind, volume, secret, items))
+        kz.patch(name, {"kind": kind, "labelSelector": "app.kubernetes.io/component=agent"})

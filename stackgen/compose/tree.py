@@ -86,6 +86,10 @@ def start_tree(stack: Stack, dest: Path) -> Tree:
     (dest / STACK_DIR).mkdir()
     _copy_overlay(stack.overlay, dest / OVERLAY_DIR)
     tree = Tree(dest, stack)
+    for path, content in stack.placeholders.items():
+        # Absent secret files (--skip-missing-secrets): the throwaway stand-ins.
+        rel = f"{OVERLAY_DIR}/{tree.overlay_rel(path).removeprefix('overlay/')}"
+        tree.write(rel, content.decode("utf-8"), mode=0o600)
     tree.composed.secret_paths += [f"{OVERLAY_DIR}/", f"{SECRET_DIR}/"]
     return tree
 
@@ -112,10 +116,10 @@ def _copy_overlay(overlay: Path, dest: Path) -> None:
             Path(root, name).chmod(0o600)
 
 
-def secret_value(source: SecretSource, environ: Mapping[str, str]) -> str:
+def secret_value(stack: Stack, source: SecretSource, environ: Mapping[str, str]) -> str:
     """A token from its file or environment variable, stripped (a newline breaks headers)."""
     if source.file is not None:
-        return source.file.read_text(encoding="utf-8").strip()
+        return stack.secret_bytes(source.file).decode("utf-8").strip()
     assert source.env is not None, "an existing Secret has no value to read"
     return environ[source.env].strip()
 

@@ -15,6 +15,7 @@ from stackgen.common.errors import Problem
 from stackgen.common.models import mirror_problems, queue_problems
 from stackgen.stack.model import Stack
 from stackgen.stack.secret_files import (
+    ca_problems,
     certificate_problems,
     read_secret,
     resolve_inside,
@@ -132,11 +133,18 @@ def _adapter_checks(stack: Stack) -> Iterator[Problem]:
         "certFile": tls.cert_file,
         "keyFile": tls.key_file,
     }
-    any_files = any(v is not None for v in given.values())
+    existing = tls.existing_secret is not None
+    # caFile alone belongs to existingSecret; certFile/keyFile are the files' way.
+    any_files = (
+        tls.cert_file is not None
+        or tls.key_file is not None
+        or (tls.ca_file is not None and not existing)
+    )
     ways = [
         name
         for name, used in (
             ("the certificate files", any_files),
+            ("existingSecret", existing),
             ("certManager", tls.cert_manager is not None),
             ("insecureSkipTLSVerify", tls.insecure_skip_tls_verify),
         )
@@ -152,9 +160,20 @@ def _adapter_checks(stack: Stack) -> Iterator[Problem]:
             file,
             "metricsAdapter.tls",
             "hpa queues need the adapter's serving certificate (caFile, certFile, keyFile; "
-            "`stackgen init` makes them), a certManager issuer, or the explicit opt-in "
-            "insecureSkipTLSVerify: true",
+            "`stackgen init` makes them), an existingSecret with its caFile, a certManager "
+            "issuer, or the explicit opt-in insecureSkipTLSVerify: true",
         )
+        return
+    if existing:
+        if tls.ca_file is None:
+            yield Problem(
+                file,
+                "metricsAdapter.tls.caFile",
+                "is required with existingSecret: the CA that signed its certificate goes "
+                "into the APIService",
+            )
+        else:
+            yield from ca_problems(stack, tls.ca_file)
         return
     if not any_files:
         return

@@ -25,6 +25,7 @@ from stackgen.stack.model import (
     AgentSettings,
     DindSettings,
     DispatcherSettings,
+    ExistingSecret,
     HpaSettings,
     IssuerRef,
     KustomizeExtras,
@@ -35,6 +36,7 @@ from stackgen.stack.model import (
     Secrets,
     SecretSource,
     SshKey,
+    SshKeySecret,
     Stack,
     WebhookSettings,
 )
@@ -248,13 +250,37 @@ def _queue(data: Mapping[str, Any], agent: AgentSettings) -> Queue:
 
 def _secrets(data: Mapping[str, Any], overlay: Path) -> Secrets:
     ssh = data.get("sshKey")
-    credentials = data.get("gitCredentials")
+    credentials = data.get("gitCredentials") or {}
+    existing_credentials = credentials.get("existingSecret")
     return Secrets(
         agent_token=SecretSource.from_dict(data["agentToken"], overlay, "secrets.agentToken"),
-        git_credentials_file=overlay / credentials["file"] if credentials else None,
-        ssh_key=(
-            SshKey(overlay / ssh["privateKeyFile"], overlay / ssh["knownHostsFile"])
-            if ssh
+        git_credentials_file=overlay / credentials["file"] if "file" in credentials else None,
+        git_credentials_secret=(
+            ExistingSecret(
+                existing_credentials["name"],
+                existing_credentials.get(
+                    "key", stack_default("secrets.gitCredentials.existingSecret.key")
+                ),
+            )
+            if existing_credentials
+            else None
+        ),
+        ssh_key=_ssh_key(ssh, overlay) if ssh else None,
+    )
+
+
+def _ssh_key(data: Mapping[str, Any], overlay: Path) -> SshKey:
+    existing = data.get("existingSecret")
+    return SshKey(
+        private_key_file=overlay / data["privateKeyFile"] if "privateKeyFile" in data else None,
+        known_hosts_file=overlay / data["knownHostsFile"] if "knownHostsFile" in data else None,
+        existing_secret=(
+            SshKeySecret(
+                existing["name"],
+                existing.get("privateKeyKey", SshKeySecret.private_key_key),
+                existing.get("knownHostsKey", SshKeySecret.known_hosts_key),
+            )
+            if existing
             else None
         ),
     )
@@ -301,6 +327,7 @@ def _metrics_adapter(data: Mapping[str, Any], overlay: Path) -> MetricsAdapterSe
             cert_manager=(
                 IssuerRef(**tls["certManager"]["issuerRef"]) if "certManager" in tls else None
             ),
+            existing_secret=tls["existingSecret"]["name"] if "existingSecret" in tls else None,
         ),
     )
 

@@ -39,6 +39,7 @@ __all__ = [
     "SecretSource",
     "Secrets",
     "SshKey",
+    "SshKeySecret",
     "Stack",
     "WebhookSettings",
     "queue_slug",
@@ -232,11 +233,21 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
-class SshKey:
-    """An SSH deploy key and the hosts it may talk to."""
+class SshKeySecret:
+    """An existing Secret holding an SSH key and its known_hosts."""
 
-    private_key_file: Path
-    known_hosts_file: Path
+    name: str
+    private_key_key: str = stack_default("secrets.sshKey.existingSecret.privateKeyKey")
+    known_hosts_key: str = stack_default("secrets.sshKey.existingSecret.knownHostsKey")
+
+
+@dataclass(frozen=True)
+class SshKey:
+    """An SSH deploy key and the hosts it may talk to: two files, or an existing Secret."""
+
+    private_key_file: Path | None
+    known_hosts_file: Path | None
+    existing_secret: SshKeySecret | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +257,8 @@ class Secrets:
     agent_token: SecretSource
     git_credentials_file: Path | None
     ssh_key: SshKey | None
+    #: ``secrets.gitCredentials.existingSecret``: read instead of a generated Secret.
+    git_credentials_secret: ExistingSecret | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +300,8 @@ class AdapterTls:
     key_file: Path | None
     insecure_skip_tls_verify: bool
     cert_manager: IssuerRef | None = None
+    #: ``metricsAdapter.tls.existingSecret``: a ``kubernetes.io/tls`` Secret's name.
+    existing_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +352,14 @@ class Stack:
     git_mirrors: list[GitMirror]
     dind: DindSettings
     kustomize: KustomizeExtras
+    #: Secret files absent from the overlay, built with placeholders instead
+    #: (``--skip-missing-secrets``; :mod:`stackgen.stack.placeholders`).
+    placeholders: Mapping[Path, bytes] = field(default_factory=dict)
+
+    def secret_bytes(self, path: Path) -> bytes:
+        """A secret file's content: its placeholder when it is absent and one was made."""
+        placeholder = self.placeholders.get(path)
+        return path.read_bytes() if placeholder is None else placeholder
 
     @property
     def hpa_queues(self) -> list[Queue]:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from stackgen.common.errors import Problem
 from stackgen.common.files import display_path
 from stackgen.common.names import adapter_service_dns
-from stackgen.stack.model import Stack
+from stackgen.stack.model import SshKey, Stack
 
 #: What ``stackgen init`` writes into secret files the user still has to fill in.
 PLACEHOLDER_MARKER = "REPLACE-ME"
@@ -73,6 +73,25 @@ def read_text(overlay: Path, path: Path, file: str, field: str) -> tuple[str | N
         return None, [Problem(file, field, "is not UTF-8 text")]
 
 
+def stack_secret(stack: Stack, path: Path, field: str) -> tuple[bytes | None, list[Problem]]:
+    """A secret file of ``stack``: its placeholder when absent and skipped, else read."""
+    placeholder = stack.placeholders.get(path)
+    if placeholder is not None:
+        return placeholder, []
+    return read_secret(stack.overlay, path, stack.file, field)
+
+
+def stack_secret_text(stack: Stack, path: Path, field: str) -> tuple[str | None, list[Problem]]:
+    """:func:`stack_secret` as UTF-8 text."""
+    data, problems = stack_secret(stack, path, field)
+    if data is None:
+        return None, problems
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError:
+        return None, [Problem(stack.file, field, "is not UTF-8 text")]
+
+
 def token_problems(raw: str, file: str, field: str) -> list[Problem]:
     """Check an agent or webhook token without ever quoting it."""
     token = raw.strip()
@@ -103,7 +122,7 @@ def _secret_source_problems(
     file = stack.file
     if file_path is not None:
         field = f"{source_field}.file"
-        text, problems = read_text(stack.overlay, file_path, file, field)
+        text, problems = stack_secret_text(stack, file_path, field)
         if text is None:
             return problems
         return token_problems(text, file, field)
@@ -131,14 +150,38 @@ def secret_checks(stack: Stack, environ: Mapping[str, str]) -> Iterator[Problem]
     if stack.secrets.git_credentials_file is not None:
         yield from git_credentials_problems(stack, stack.secrets.git_credentials_file)
     if stack.secrets.ssh_key is not None:
-        yield from ssh_key_problems(stack, stack.secrets.ssh_key.private_key_file)
-        yield from known_hosts_problems(stack, stack.secrets.ssh_key.known_hosts_file)
+        yield from _ssh_problems(stack, stack.secrets.ssh_key)
+
+
+def _ssh_problems(stack: Stack, key: SshKey) -> Iterator[Problem]:
+    """Both files, or an existing Secret: never a mix."""
+    files = {"privateKeyFile": key.private_key_file, "knownHostsFile": key.known_hosts_file}
+    if key.existing_secret is not None:
+        for name, path in files.items():
+            if path is not None:
+                yield Problem(
+                    stack.file,
+                    f"secrets.sshKey.{name}",
+                    "set either the key files or existingSecret, not both",
+                )
+        return
+    for name, path in files.items():
+        if path is None:
+            yield Problem(
+                stack.file,
+                f"secrets.sshKey.{name}",
+                "is required (or name an existingSecret instead of the files)",
+            )
+    if key.private_key_file is not None:
+        yield from ssh_key_problems(stack, key.private_key_file)
+    if key.known_hosts_file is not None:
+        yield from known_hosts_problems(stack, key.known_hosts_file)
 
 
 def git_credentials_problems(stack: Stack, path: Path) -> list[Problem]:
     """Every line of a git-credentials file must be ``scheme://USER:TOKEN@HOST[/path]``."""
     file, field = stack.file, "secrets.gitCredentials.file"
-    text, problems = read_text(stack.overlay, path, file, field)
+    text, problems = stack_secret_text(stack, path, field)
     if text is None:
         return problems
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
@@ -183,7 +226,7 @@ def ssh_key_problems(stack: Stack, path: Path) -> list[Problem]:
     from cryptography.hazmat.primitives import serialization
 
     file, field = stack.file, "secrets.sshKey.privateKeyFile"
-    data, problems = read_secret(stack.overlay, path, file, field)
+    data, problems = stack_secret(stack, path, field)
     if data is None:
         return problems
     stripped = data.strip()
@@ -222,7 +265,7 @@ def known_hosts_problems(stack: Stack, path: Path) -> list[Problem]:
     from cryptography.hazmat.primitives import serialization
 
     file, field = stack.file, "secrets.sshKey.knownHostsFile"
-    text, problems = read_text(stack.overlay, path, file, field)
+    text, problems = stack_secret_text(stack, path, field)
     if text is None:
         return problems
     entries = 0
@@ -249,6 +292,23 @@ def known_hosts_problems(stack: Stack, path: Path) -> list[Problem]:
     return problems
 
 
+def ca_problems(stack: Stack, path: Path) -> list[Problem]:
+    """The CA of an existing serving-certificate Secret: it parses and has not expired."""
+    from cryptography import x509
+
+    field = "metricsAdapter.tls.caFile"
+    data, problems = stack_secret(stack, path, field)
+    if data is None:
+        return problems
+    try:
+        ca = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return [Problem(stack.file, field, "is not a PEM certificate")]
+    if ca.not_valid_after_utc < dt.datetime.now(dt.UTC):
+        return [Problem(stack.file, field, "certificate has expired")]
+    return []
+
+
 def certificate_problems(stack: Stack) -> Iterator[Problem]:
     """The adapter's CA, certificate and key: they parse, match, and name its Service."""
     from cryptography import x509
@@ -263,7 +323,7 @@ def certificate_problems(stack: Stack) -> Iterator[Problem]:
         ("certFile", tls.cert_file),
         ("keyFile", tls.key_file),
     ):
-        data, problems = read_secret(stack.overlay, path, file, f"metricsAdapter.tls.{key}")
+        data, problems = stack_secret(stack, path, f"metricsAdapter.tls.{key}")
         yield from problems
         if data is not None:
             blobs[key] = data
@@ -284,20 +344,28 @@ def certificate_problems(stack: Stack) -> Iterator[Problem]:
     except (ValueError, TypeError):
         yield Problem(file, "metricsAdapter.tls.keyFile", "is not an unencrypted PEM private key")
         return
+    # A placeholder (--skip-missing-secrets) cannot match a real file: the pairs are
+    # checked only when both of a pair are real.
+    placeholder = {
+        k
+        for k, p in (("ca", tls.ca_file), ("cert", tls.cert_file), ("key", tls.key_file))
+        if p in stack.placeholders
+    }
     pub = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    if (
+    if not placeholder & {"cert", "key"} and (
         private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         != pub
     ):
         yield Problem(file, "metricsAdapter.tls.keyFile", "does not belong to certFile")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception):
-        yield Problem(file, "metricsAdapter.tls.certFile", "is not signed by caFile")
+    if not placeholder & {"ca", "cert"}:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, Exception):
+            yield Problem(file, "metricsAdapter.tls.certFile", "is not signed by caFile")
     now = dt.datetime.now(dt.UTC)
     for key_name, certificate in (("caFile", ca), ("certFile", cert)):
         if certificate.not_valid_after_utc < now:
