@@ -36,7 +36,9 @@ __all__ = [
     "AdapterAPI",
     "Check",
     "Response",
+    "error_response",
     "format_quantity",
+    "metric_namespace",
     "status_body",
 ]
 
@@ -115,6 +117,16 @@ def format_quantity(value: float) -> str:
     if milli % 1000 == 0:
         return str(milli // 1000)
     return f"{milli}m"
+
+
+def metric_namespace(path: str) -> str | None:
+    """The namespace of a metric request's path (``…/namespaces/{ns}/{metric}``), else None."""
+    prefix = f"/apis/{GROUP_VERSION}/namespaces/"
+    path = path.rstrip("/")
+    if not path.startswith(prefix):
+        return None
+    parts = [unquote(p) for p in path[len(prefix) :].split("/")]
+    return parts[0] if len(parts) == 2 and all(parts) else None
 
 
 def _rfc3339(t: float) -> str:

@@ -23,7 +23,13 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from stackgen.adapter.api import PUBLIC_PATHS, AdapterAPI, Response, error_response
+from stackgen.adapter.api import (
+    PUBLIC_PATHS,
+    AdapterAPI,
+    Response,
+    error_response,
+    metric_namespace,
+)
 from stackgen.adapter.auth import (
     AuthConfigError,
     AuthConfigProvider,
@@ -32,8 +38,10 @@ from stackgen.adapter.auth import (
     authenticate,
     kubernetes_configmap_reader,
 )
+from stackgen.adapter.peers import KubernetesPeers, Router
 from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import POLL_INTERVAL, MetricStore
+from stackgen.adapter.telemetry import CONTENT_TYPE, Telemetry
 from stackgen.adapter.tls import ServerTLS
 from stackgen.common.logs import get_logger
 from stackgen.common.names import METRICS_ADAPTER
@@ -57,11 +65,16 @@ class AdapterServer(ThreadingHTTPServer):
         app: AdapterAPI,
         tls: ServerTLS,
         auth: Callable[[], RequestHeaderConfig | None],
+        router: Router | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
         self.tls = tls
         self.auth = auth
+        #: Without a router (no --namespace) every namespace is answered here.
+        self.router = router
+        self.telemetry = telemetry or Telemetry()
         self.log = get_logger()
         self.refused_handshakes = 0
         self._count_lock = threading.Lock()
@@ -135,10 +148,13 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault(name.lower(), []).append(value)
-        user = None
+        if path.rstrip("/") == "/metrics":
+            self._send(Response(200, self.server.telemetry.render(), CONTENT_TYPE))
+            return
+        user, peer = None, False
         if path.rstrip("/") not in PUBLIC_PATHS:
             try:
-                user = authenticate(self.server.auth(), self.connection.getpeercert(), headers)
+                user, peer = self._authenticate(headers)
             except Unauthenticated as exc:
                 self.server.log.info(
                     "request refused",
@@ -149,9 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._send(error_response(401, "Unauthorized"))
                 return
-        response = self.server.app.handle(
-            self.command, path, parse_qs(url.query, keep_blank_values=True), headers
-        )
+        response = self._answer(path, url.query, headers, user, peer)
         self._send(response)
         self.server.log.debug(
             "request",
@@ -162,6 +176,36 @@ class _Handler(BaseHTTPRequestHandler):
             user=user.name if user else None,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    def _authenticate(self, headers: dict[str, list[str]]) -> tuple[Any, bool]:
+        """The aggregator's user (front-proxy certificate), or a peer adapter's (token)."""
+        try:
+            return authenticate(self.server.auth(), self.connection.getpeercert(), headers), False
+        except Unauthenticated:
+            authorization = self.headers.get("Authorization")
+            if self.server.router is None or not authorization:
+                raise
+            return self.server.router.peer_user(authorization), True
+
+    def _answer(
+        self, path: str, query: str, headers: dict[str, list[str]], user: Any, peer: bool
+    ) -> Response:
+        """Here, or from the adapter of the request's namespace (several stacks)."""
+        router = self.server.router
+        namespace = metric_namespace(path)
+        if router is None or namespace is None or namespace == router.namespace:
+            return self.server.app.handle(
+                self.command, path, parse_qs(query, keep_blank_values=True), headers
+            )
+        if peer:  # never forwarded twice
+            return error_response(
+                404,
+                f"namespace {namespace} is not served here: a forwarded request is answered "
+                f"only for namespace {router.namespace}",
+            )
+        response = router.forward(namespace, path, query, user)
+        self.server.telemetry.forwarded.labels(namespace, str(response.status)).inc()
+        return response
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
@@ -223,6 +267,12 @@ class AdapterSettings:
     requestheader: RequestHeaderFlags | None = None
     kubeconfig: str | None = None
     auth_refresh_seconds: float = 300.0
+    #: The stack's namespace: its requests are answered here, others forwarded
+    #: (:mod:`.peers`).  None: every namespace is answered here (one stack per cluster).
+    namespace: str | None = None
+    peer_token_file: Path | None = None
+    #: How often the APIService's owner is checked.
+    owner_check_seconds: float = 60.0
 
 
 def _thread_check(name: str, thread: threading.Thread) -> Callable[[], str | None]:
@@ -269,6 +319,50 @@ def _server_tls(settings: AdapterSettings, auth: AuthConfigProvider, log: Any) -
             tls_cert_file=str(settings.tls_cert_file),
         )
     return tls
+
+
+def _router(settings: AdapterSettings) -> Router | None:
+    """The request router of a stack among several (None without ``--namespace``)."""
+    if not settings.namespace:
+        return None
+    try:
+        peers = KubernetesPeers(settings.kubeconfig)
+    except Exception as exc:  # no in-cluster config and no kubeconfig, or a bad one
+        raise AuthConfigError(f"cannot set up the Kubernetes client: {exc}") from exc
+    return Router(settings.namespace, peers, settings.peer_token_file)
+
+
+def watch_owner(
+    router: Router, telemetry: Telemetry, log: Any, stop: threading.Event, every: float
+) -> None:
+    """Check who owns the APIService now and every ``every`` seconds; say so on change.
+
+    A foreign owner (KEDA, prometheus-adapter) is an error line and the gauge
+    ``stackgen_metrics_adapter_apiservice_foreign`` = 1: no HPA reaches this adapter.
+    """
+    said = None
+    while True:
+        try:
+            owner = router.owner(fresh=True)
+        except Exception as exc:  # RBAC, API server away: try again later
+            state, owner = f"error: {exc}", None
+            if state != said:
+                log.warning("cannot read the APIService's owner", error=str(exc))
+        else:
+            state = "absent" if owner is None else owner.describe()
+            if state != said:
+                if owner is None:
+                    log.warning("the external-metrics APIService does not exist yet")
+                elif not owner.stackgen:
+                    log.error(owner.conflict(), service=owner.service, labels=dict(owner.labels))
+                else:
+                    log.info(
+                        "the external-metrics APIService is stackgen's", served_by=owner.service
+                    )
+            telemetry.apiservice_foreign.set(0 if owner is None or owner.stackgen else 1)
+        said = state
+        if stop.wait(every):
+            return
 
 
 def _stop_on_signals(stop: threading.Event, log: Any) -> None:
@@ -320,7 +414,10 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         ],
         ready=[("front-proxy-settings", auth_ready)],
     )
-    server = AdapterServer((settings.bind_address, settings.secure_port), app, tls, auth.current)
+    router, telemetry = _router(settings), Telemetry()
+    server = AdapterServer(
+        (settings.bind_address, settings.secure_port), app, tls, auth.current, router, telemetry
+    )
     _stop_on_signals(stop, log)
 
     def watch_stop() -> None:
@@ -330,6 +427,13 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
     threading.Thread(target=watch_stop, name="shutdown", daemon=True).start()
     poll_thread.start()
     auth_thread.start()
+    if router is not None:
+        threading.Thread(
+            target=watch_owner,
+            args=(router, telemetry, log, stop, settings.owner_check_seconds),
+            name="apiservice-owner",
+            daemon=True,
+        ).start()
     log.info(
         "serving external metrics",
         address=settings.bind_address,

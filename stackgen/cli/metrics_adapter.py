@@ -114,6 +114,22 @@ def _csv(value: str | None) -> tuple[str, ...]:
     help="How often the front-proxy settings are reloaded.",
 )
 @click.option(
+    "--namespace",
+    envvar="POD_NAMESPACE",
+    default=None,
+    show_envvar=True,
+    help="The stack's namespace: metric requests for it are answered here, requests for "
+    "another stack's namespace are forwarded to that stack's adapter (several stacks per "
+    "cluster). Without it every namespace is answered here.",
+)
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="ServiceAccount token (audience stackgen-metrics-adapter) shown to another "
+    "stack's adapter when forwarding to it; re-read on every forward.",
+)
+@click.option(
     "--log-level",
     envvar="STACKGEN_LOG_LEVEL",
     default="info",
@@ -140,6 +156,8 @@ def command(
     requestheader_uid_headers: str,
     kubeconfig: str | None,
     auth_refresh_seconds: float,
+    namespace: str | None,
+    peer_token_file: Path | None,
     log_level: str,
 ) -> None:
     """Serve per-queue Buildkite metrics to HorizontalPodAutoscalers.
@@ -192,6 +210,8 @@ def command(
         requestheader=requestheader,
         kubeconfig=kubeconfig,
         auth_refresh_seconds=auth_refresh_seconds,
+        namespace=namespace or None,
+        peer_token_file=peer_token_file,
     )
     _serve(settings)
 

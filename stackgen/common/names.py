@@ -35,6 +35,13 @@ DISPATCHER_CONFIG_FILE = "dispatcher.yaml"
 DISPATCHER_PORT = 8080
 #: The aggregated API the adapter serves.
 ADAPTER_APISERVICE = "v1beta1.external.metrics.k8s.io"
+#: The ConfigMap in each stack's namespace that tells other stacks' adapters how to verify
+#: this one's serving certificate (its CA, or that it opted into skipping verification).
+ADAPTER_CA_CONFIGMAP = f"{METRICS_ADAPTER}-ca"
+#: Audience of the ServiceAccount token one adapter shows another when it forwards.
+ADAPTER_PEER_AUDIENCE = METRICS_ADAPTER
+#: Label of objects several stacks share (the APIService): pruning one stack keeps them.
+SHARED_LABEL = "stackgen.io/shared"
 
 # ------------------------------------------------------------------ agents
 #: Name of the agent Deployment (hpa) and CronJob (dispatch, exact) in the bases.
@@ -78,6 +85,19 @@ def adapter_service_names(namespace: str) -> list[str]:
 def adapter_service_dns(namespace: str) -> str:
     """The name the API aggregator dials: ``stackgen-metrics-adapter.<ns>.svc``."""
     return adapter_service_names(namespace)[2]
+
+
+def adapter_cluster_names(namespace: str) -> dict[str, str]:
+    """Names of the adapter's cluster-scoped and kube-system objects: one set per stack.
+
+    Several stacks live in one cluster, so every such name carries the stack's namespace.
+    """
+    return {
+        "reader": f"stackgen:external-metrics-reader:{namespace}",
+        "adapter": f"{METRICS_ADAPTER}:{namespace}",
+        "auth-delegator": f"{METRICS_ADAPTER}:{namespace}:system:auth-delegator",
+        "auth-reader": f"{METRICS_ADAPTER}:{namespace}:auth-reader",
+    }
 
 
 def queue_slug(name: str) -> str:

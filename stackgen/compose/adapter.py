@@ -18,6 +18,7 @@ from stackgen.common.names import (
     METRICS_ADAPTER_TLS,
     adapter_service_names,
 )
+from stackgen.compose.adapter_cluster import add_cluster_objects
 from stackgen.compose.kustomization import Kustomization, generated, write_kube_system
 from stackgen.compose.tree import Tree, image_entry
 from stackgen.stack.model import Stack
@@ -32,6 +33,7 @@ def add_metrics_adapter(tree: Tree, kz: Kustomization) -> None:
         return
     kz.resources.append("../bases/metrics-adapter")
     _add_tls(tree, kz)
+    add_cluster_objects(tree, kz)
     tree.write_yaml("stack/patches/metrics-adapter.yaml", _deployment_patch(stack))
     kz.patch("patches/metrics-adapter.yaml")
     settings = {

@@ -12,7 +12,7 @@ from typing import Any
 
 from stackgen.common import yamlio
 from stackgen.common.identity import STACK_LABEL, stack_id
-from stackgen.common.names import METRICS_ADAPTER
+from stackgen.common.names import METRICS_ADAPTER, adapter_cluster_names
 from stackgen.common.version import __version__
 from stackgen.compose.tree import Tree
 from stackgen.stack.model import Stack
@@ -102,15 +102,35 @@ def write_root(tree: Tree, stack: Stack) -> None:
 
 def write_kube_system(tree: Tree, stack: Stack) -> None:
     """Objects that must stay in kube-system: a kustomization with no ``namespace``."""
-    kz = Kustomization(resources=["../bases/metrics-adapter-kube-system"])
-    kz.patches.append(
-        json_patch(
-            "RoleBinding",
-            f"{METRICS_ADAPTER}:auth-reader",
-            {"op": "test", "path": "/subjects/0/name", "value": METRICS_ADAPTER},
-            {"op": "replace", "path": "/subjects/0/namespace", "value": stack.namespace},
-        )
+    name = adapter_cluster_names(stack.namespace)["auth-reader"]
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": name,
+            "namespace": "kube-system",
+            "labels": {
+                "app.kubernetes.io/name": METRICS_ADAPTER,
+                "app.kubernetes.io/component": "metrics-adapter",
+            },
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "extension-apiserver-authentication-reader",
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": METRICS_ADAPTER, "namespace": stack.namespace}
+        ],
+    }
+    tree.write_yaml(
+        "kube-system/metrics-adapter-rolebinding.yaml",
+        binding,
+        comment="Lets the adapter read the aggregator's request-header CA (ConfigMap\n"
+        "kube-system/extension-apiserver-authentication). Named after the stack's namespace:\n"
+        "every stack of the cluster has its own.",
     )
+    kz = Kustomization(resources=["metrics-adapter-rolebinding.yaml"])
     tree.write_yaml(
         "kube-system/kustomization.yaml",
         kz.to_dict(),

@@ -8,6 +8,7 @@ from typing import Any
 
 from stackgen import tools
 from stackgen.common.errors import Problem, ToolError
+from stackgen.validation.apiservice import apiservice_problems
 from stackgen.validation.policies import object_id
 
 
@@ -41,20 +42,22 @@ def server_dry_run(objects: list[dict[str, Any]], file: str) -> tuple[list[Probl
             f"server dry-run skipped {len(objects) - len(selected)} objects: namespace(s) "
             f"{', '.join(sorted(missing))} do not exist yet (apply once, then dry-run updates)"
         )
-    problems: list[Problem] = []
+    # Applying over another adapter's APIService (KEDA, prometheus-adapter) would take it.
+    problems: list[Problem] = apiservice_problems(objects, file, kubectl)
     if not selected:
         return problems, notices
     # One call for the whole stack; only when it fails, one call per object to say which.
     whole = _kubectl_apply_dry_run(kubectl, {"apiVersion": "v1", "kind": "List", "items": selected})
     if whole.returncode == 0:
         return problems, notices
+    found = len(problems)
     for obj in selected:
         proc = _kubectl_apply_dry_run(kubectl, obj)
         if proc.returncode != 0:
             message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
             text = message[-1] if message else f"kubectl exited {proc.returncode}"
             problems.append(Problem(file, object_id(obj), f"server dry-run: {_short(text)}"))
-    if not problems:
+    if len(problems) == found:
         lines = whole.stderr.decode("utf-8", "replace").strip().splitlines()
         problems.append(
             Problem(file, "", f"server dry-run: {_short(lines[-1] if lines else 'failed')}")

@@ -106,10 +106,13 @@ def test_example_contents() -> None:
     assert env["BUILDKITE_AGENT_TAGS"] == "queue=builds,os=linux,size=large"
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
     # kube-system RoleBinding stays in kube-system; its subject is in the stack namespace.
-    rb = by_kind(objects, "RoleBinding")["stackgen-metrics-adapter:auth-reader"]
+    # Every cluster-scoped name (and the kube-system one) carries the stack's namespace.
+    rb = by_kind(objects, "RoleBinding")["stackgen-metrics-adapter:buildkite:auth-reader"]
     assert rb["metadata"]["namespace"] == "kube-system"
     assert rb["subjects"][0]["namespace"] == "buildkite"
-    crb = by_kind(objects, "ClusterRoleBinding")["stackgen-metrics-adapter:system:auth-delegator"]
+    crb = by_kind(objects, "ClusterRoleBinding")[
+        "stackgen-metrics-adapter:buildkite:system:auth-delegator"
+    ]
     assert crb["subjects"][0]["namespace"] == "buildkite"
     api = by_kind(objects, "APIService")["v1beta1.external.metrics.k8s.io"]["spec"]
     assert api["service"]["namespace"] == "buildkite"

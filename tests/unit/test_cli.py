@@ -44,7 +44,7 @@ def test_validate_summary_and_exit_codes(stackgen: Callable[..., Run], tmp_path:
     ok = stackgen("validate", "overlays/example", "tests/golden/plain-kustomize/overlay")
     assert ok.code == 0, ok.stderr
     lines = ok.stdout.decode().splitlines()
-    assert lines[0].startswith("ok   overlays/example (30 objects, Kubernetes 1.33.0")
+    assert lines[0].startswith("ok   overlays/example (33 objects, Kubernetes 1.33.0")
     assert lines[-1] == "2 overlays: 2 valid, 0 invalid"
     bad = stackgen("validate", "overlays/example", str(tmp_path / "missing"))
     assert bad.code == 1
@@ -58,7 +58,7 @@ def test_validate_json(stackgen: Callable[..., Run], tmp_path: Path) -> None:
     report = json.loads(run.stdout)
     assert report["valid"] == 1 and report["invalid"] == 1
     good, bad = report["overlays"]
-    assert good["valid"] is True and good["objects"] == 30
+    assert good["valid"] is True and good["objects"] == 33
     assert good["kubeconform"]["invalid"] == 0
     assert bad["problems"][0]["message"] == "no such overlay folder"
     assert run.stderr == ""  # json mode: everything is in the report

@@ -61,9 +61,10 @@ def test_metrics_adapter_base() -> None:
     api = load("bases/metrics-adapter/metrics-adapter-apiservice.yaml")
     assert api["metadata"]["name"] == names.ADAPTER_APISERVICE
     assert api["spec"]["service"]["name"] == names.METRICS_ADAPTER
-    binding = load("bases/metrics-adapter-kube-system/metrics-adapter-rolebinding.yaml")
-    assert binding["metadata"]["name"] == f"{names.METRICS_ADAPTER}:auth-reader"
-    assert binding["subjects"][0]["name"] == names.METRICS_ADAPTER
+    assert api["metadata"]["labels"][names.SHARED_LABEL] == "true"
+    token = next(v for v in volumes.values() if v["name"] == "peer-token")
+    (source,) = token["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == names.ADAPTER_PEER_AUDIENCE
 
 
 def test_agent_bases() -> None:
