@@ -25,7 +25,6 @@ adapter's "stale" error instead of reading zeros.  It prints the replica counts 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -42,25 +41,20 @@ import yaml
 
 from tests.support.aggregator import (
     AdapterProcess,
+    FrontProxyCluster,
     Netns,
     adapter_objects,
     adapter_tls,
-    front_proxy_flags,
-    front_proxy_pki,
-    kwokctl_patch,
+    front_proxy_cluster,
     reap_netns,
     stackgen_build,
 )
 from tests.support.cluster import (
-    KWOK_STAGES,
-    STATE_ROOT,
     Cluster,
     ClusterError,
     missing_binaries,
     orphaned,
     reap,
-    start,
-    stop,
     wait_for,
 )
 from tests.support.fake_buildkite import FakeBuildkite
@@ -94,26 +88,6 @@ def _reap_stale_netns() -> None:
 # ---------------------------------------------------------------------------- the cluster
 
 
-@dataclass
-class FrontProxyCluster:
-    """A kwok cluster whose kube-apiserver proxies aggregated APIs with a front-proxy cert."""
-
-    cluster: Cluster
-    pki: Path
-
-    @property
-    def apiserver(self) -> tuple[str, int]:
-        cfg = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        server = cfg["clusters"][0]["cluster"]["server"]
-        host, _, port = server.removeprefix("https://").rpartition(":")
-        return host, int(port)
-
-    @property
-    def ca_file(self) -> Path:
-        cfg = yaml.safe_load(self.cluster.kubeconfig.read_text())
-        return Path(cfg["clusters"][0]["cluster"]["certificate-authority"])
-
-
 @pytest.fixture(scope="module")
 def fp_cluster() -> Iterator[FrontProxyCluster]:
     """This module's cluster (front proxy, aggregator routing, fast HPA sync)."""
@@ -124,34 +98,11 @@ def fp_cluster() -> Iterator[FrontProxyCluster]:
         _skip_or_fail("the HPA e2e test creates a network namespace: needs root and `ip`")
     reap(NAME_PREFIX)
     _reap_stale_netns()
-    name = f"{NAME_PREFIX}{os.getpid()}"
-    work = STATE_ROOT / name  # bin/up's state folder of the cluster: bin/down removes it
-    work.mkdir(parents=True, exist_ok=True)
-    patch = work / "kwokctl-front-proxy.yaml"
-    patch.write_text(
-        kwokctl_patch(
-            {
-                "kube-apiserver": front_proxy_flags(front_proxy_pki(work / "pki")),
-                "kube-controller-manager": {"horizontal-pod-autoscaler-sync-period": HPA_SYNC},
-            }
-        )
-    )
-
-    def cleanup() -> None:
-        stop(name, STATE_ROOT)
-
-    atexit.register(cleanup)
     try:
-        started = time.monotonic()
-        try:
-            cl = start(name, nodes=2, kwok_configs=[KWOK_STAGES, patch])
-        except ClusterError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        print(f"\nHPA e2e cluster {name} up in {time.monotonic() - started:.1f}s")
-        yield FrontProxyCluster(cl, work / "pki")
-    finally:
-        cleanup()
-        atexit.unregister(cleanup)
+        with front_proxy_cluster(f"{NAME_PREFIX}{os.getpid()}", HPA_SYNC) as fp:
+            yield fp
+    except ClusterError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 # ---------------------------------------------------------------------------- the stack

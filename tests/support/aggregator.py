@@ -20,6 +20,7 @@ Creating a network namespace needs root and ``ip``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import os
@@ -28,7 +29,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ import yaml
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from stackgen.common import certs
+from tests.support.cluster import KWOK_STAGES, STATE_ROOT, Cluster, start, stop
 
 ADAPTER = "stackgen-metrics-adapter"
 ADAPTER_PORT = 6443
@@ -112,24 +115,90 @@ def kwokctl_patch(components: dict[str, dict[str, str]]) -> str:
     )
 
 
+@dataclass
+class FrontProxyCluster:
+    """A kwok cluster whose kube-apiserver proxies aggregated APIs with a front-proxy cert."""
+
+    cluster: Cluster
+    pki: Path
+
+    @property
+    def apiserver(self) -> tuple[str, int]:
+        cfg = yaml.safe_load(self.cluster.kubeconfig.read_text())
+        server = cfg["clusters"][0]["cluster"]["server"]
+        host, _, port = server.removeprefix("https://").rpartition(":")
+        return host, int(port)
+
+    @property
+    def ca_file(self) -> Path:
+        cfg = yaml.safe_load(self.cluster.kubeconfig.read_text())
+        return Path(cfg["clusters"][0]["cluster"]["certificate-authority"])
+
+
+@contextlib.contextmanager
+def front_proxy_cluster(name: str, hpa_sync: str) -> Iterator[FrontProxyCluster]:
+    """A cluster (bin/up's way) with a front proxy, aggregator routing and a fast HPA sync.
+
+    Raises tests.support.cluster.ClusterError when it does not start.
+    """
+    work = STATE_ROOT / name  # bin/up's state folder of the cluster: bin/down removes it
+    work.mkdir(parents=True, exist_ok=True)
+    patch = work / "kwokctl-front-proxy.yaml"
+    patch.write_text(
+        kwokctl_patch(
+            {
+                "kube-apiserver": front_proxy_flags(front_proxy_pki(work / "pki")),
+                "kube-controller-manager": {"horizontal-pod-autoscaler-sync-period": hpa_sync},
+            }
+        )
+    )
+
+    def cleanup() -> None:
+        stop(name, STATE_ROOT)
+
+    atexit.register(cleanup)
+    try:
+        started = time.monotonic()
+        cl = start(name, nodes=2, kwok_configs=[KWOK_STAGES, patch])
+        print(f"\ncluster {name} (front proxy) up in {time.monotonic() - started:.1f}s")
+        yield FrontProxyCluster(cl, work / "pki")
+    finally:
+        cleanup()
+        atexit.unregister(cleanup)
+
+
 # ---------------------------------------------------------------------------- network
 
 
 @dataclass
 class Netns:
-    """A network namespace joined to the host by a veth pair; the adapter's own host."""
+    """A network namespace joined to the host by a veth pair; the adapters' own host.
+
+    ``ns_ip`` is its first address; ``extra_ips`` more addresses on the same link (one
+    adapter each, when a test runs several stacks: they reach each other directly).
+    """
 
     name: str
     host_if: str
     host_ip: str
     ns_ip: str
+    extra_ips: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, prefix: str) -> Netns:
+    def create(cls, prefix: str, *, extra: int = 0, offset: int = 0) -> Netns:
+        """``offset`` picks another /29 (198.18.N.0) than a sibling test's namespace."""
+        assert extra <= 4, "a /29 has room for five addresses in the namespace"
         pid = os.getpid()
         name = f"{prefix}{pid}"
-        third = pid % 250 + 1
-        ns = cls(name, f"{name}h"[:15], f"198.18.{third}.1", f"198.18.{third}.2")
+        third = (pid + offset) % 250 + 1
+        base = f"198.18.{third}"
+        ns = cls(
+            name,
+            f"{name}h"[:15],
+            f"{base}.1",
+            f"{base}.2",
+            tuple(f"{base}.{3 + i}" for i in range(extra)),
+        )
         peer = f"{name}n"[:15]
         used = _run("ip", "-o", "-4", "addr", "show")
         if ns.host_ip + "/" in used:
@@ -138,9 +207,10 @@ class Netns:
         try:
             _run("ip", "link", "add", ns.host_if, "type", "veth", "peer", "name", peer)
             _run("ip", "link", "set", peer, "netns", name)
-            _run("ip", "addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
+            _run("ip", "addr", "add", f"{ns.host_ip}/29", "dev", ns.host_if)
             _run("ip", "link", "set", ns.host_if, "up")
-            _run("ip", "-n", name, "addr", "add", f"{ns.ns_ip}/30", "dev", peer)
+            for address in (ns.ns_ip, *ns.extra_ips):
+                _run("ip", "-n", name, "addr", "add", f"{address}/29", "dev", peer)
             _run("ip", "-n", name, "link", "set", peer, "up")
             _run("ip", "-n", name, "link", "set", "lo", "up")
         except BaseException:
@@ -167,11 +237,13 @@ def reap_netns(prefix: str, orphaned: Callable[[Iterable[str], str], list[str]])
 
 
 class Relay:
-    """A TCP relay from ``listen`` to ``target`` that accepts one peer address only."""
+    """A TCP relay from ``listen`` to ``target`` that accepts the given peer addresses only."""
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], peer: str) -> None:
+    def __init__(
+        self, listen: tuple[str, int], target: tuple[str, int], peer: str | Iterable[str]
+    ) -> None:
         self.target = target
-        self.peer = peer
+        self.peers = {peer} if isinstance(peer, str) else set(peer)
         self._server = socket.create_server(listen)
         self.port = int(self._server.getsockname()[1])
         self._conns: set[socket.socket] = set()
@@ -185,7 +257,7 @@ class Relay:
                 client, addr = self._server.accept()
             except OSError:
                 return
-            if addr[0] != self.peer:
+            if addr[0] not in self.peers:
                 client.close()
                 continue
             try:
@@ -259,7 +331,9 @@ def adapter_objects(objects: list[dict[str, Any]], namespace: str, ip: str) -> l
     """The built stack, with the adapter served by a process at ``ip`` instead of a pod.
 
     The adapter's Deployment is dropped, its Service loses the selector (so the endpoints
-    controller leaves hand-made Endpoints alone), and Endpoints naming ``ip`` are added.
+    controller leaves hand-made Endpoints alone), and Endpoints naming ``ip`` are added
+    (what the aggregator dials), with an EndpointSlice alike (what other stacks' adapters
+    read to forward to this one).
     """
     out = []
     for obj in objects:
@@ -280,6 +354,23 @@ def adapter_objects(objects: list[dict[str, Any]], namespace: str, ip: str) -> l
                     "ports": [{"name": "https", "port": ADAPTER_PORT, "protocol": "TCP"}],
                 }
             ],
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{ADAPTER}-e2e",
+                "namespace": namespace,
+                "labels": {
+                    "kubernetes.io/service-name": ADAPTER,
+                    "endpointslice.kubernetes.io/managed-by": "stackgen-e2e",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": ADAPTER_PORT, "protocol": "TCP"}],
         }
     )
     return out
@@ -308,12 +399,32 @@ class AdapterProcess:
         work: Path,
         poll_interval: float,
         cwd: Path,
+        address: str | None = None,
+        namespace: str | None = None,
+        peer_token: str | None = None,
     ) -> None:
+        """``address``: where in ``netns`` to listen (default its first address);
+        ``namespace`` and ``peer_token``: run as one stack among several (``--namespace``,
+        ``--peer-token-file``)."""
+        work.mkdir(parents=True, exist_ok=True)
+        address = address or netns.ns_ip
+        self.netns = netns
+        self.address = address
         self.log_path = work / "adapter.log"
+        # The namespace's first address is the source of its outgoing connections.
+        inside = (netns.ns_ip, *netns.extra_ips)
         self._relays = [
-            Relay((netns.host_ip, 0), ("127.0.0.1", buildkite_port), netns.ns_ip),
-            Relay((netns.host_ip, 0), apiserver, netns.ns_ip),
+            Relay((netns.host_ip, 0), ("127.0.0.1", buildkite_port), inside),
+            Relay((netns.host_ip, 0), apiserver, inside),
         ]
+        several: list[str] = []
+        if namespace is not None:
+            several.append(f"--namespace={namespace}")
+        if peer_token is not None:
+            token_file = work / "peer-token"
+            token_file.write_text(peer_token)
+            token_file.chmod(0o600)
+            several.append(f"--peer-token-file={token_file}")
         bk_relay, api_relay = self._relays
         kubeconfig = work / "adapter-kubeconfig"
         kubeconfig.write_text(
@@ -346,11 +457,12 @@ class AdapterProcess:
                 "-m",
                 "stackgen",
                 "metrics-adapter",
-                f"--bind-address={netns.ns_ip}",
+                f"--bind-address={address}",
                 f"--secure-port={ADAPTER_PORT}",
                 f"--tls-cert-file={secrets / 'tls.crt'}",
                 f"--tls-private-key-file={secrets / 'tls.key'}",
                 f"--kubeconfig={kubeconfig}",
+                *several,
             ),
             env={
                 **os.environ,
