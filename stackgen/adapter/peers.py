@@ -135,15 +135,18 @@ class Router:
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("no client certificate and no bearer token")
         digest = hashlib.sha256(token.encode()).hexdigest()
-        user = self._cached(
-            "review", digest, lambda: self.cluster.review(token, ADAPTER_PEER_AUDIENCE)
-        )
+        try:
+            user = self._cached(
+                "review", digest, lambda: self.cluster.review(token, ADAPTER_PEER_AUDIENCE)
+            )
+            front = self._front_user()
+            if user is not None and user != front:
+                front = self._front_user(fresh=True)  # the APIService may have changed hands
+        except Exception as exc:  # the API server is away: refuse, never crash
+            raise Unauthenticated(f"cannot check the bearer token: {exc}") from exc
         if user is None:
             self._forget("review", digest)
             raise Unauthenticated("bearer token rejected by TokenReview")
-        front = self._front_user()
-        if user != front:
-            front = self._front_user(fresh=True)  # the APIService may have been handed over
         if user != front:
             raise Unauthenticated(f"{user} is not the adapter the APIService points at")
         return User(name=user)
@@ -158,7 +161,12 @@ class Router:
 
     def forward(self, namespace: str, path: str, query: str, user: User | None) -> Response:
         """Answer a request for ``namespace`` with that namespace's adapter's answer."""
-        endpoints = self._cached("endpoints", namespace, lambda: self.cluster.endpoints(namespace))
+        try:
+            endpoints = self._cached(
+                "endpoints", namespace, lambda: self.cluster.endpoints(namespace)
+            )
+        except Exception as exc:  # the API server is away: an answer, not a crash
+            return error_response(503, f"cannot find the adapter of namespace {namespace}: {exc}")
         if not endpoints:
             return error_response(
                 404,
@@ -167,9 +175,11 @@ class Router:
             )
         try:
             context = self._peer_context(namespace)
+            token = self.token_file.read_text().strip() if self.token_file else ""
         except ValueError as exc:
             return error_response(503, str(exc))
-        token = self.token_file.read_text().strip() if self.token_file else ""
+        except Exception as exc:  # the API server or the token file
+            return error_response(503, f"cannot forward to namespace {namespace}: {exc}")
         if not token:
             return error_response(503, "cannot forward: no peer token (--peer-token-file)")
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}

@@ -315,3 +315,30 @@ def test_a_foreign_owner_is_one_error_line_and_a_metric() -> None:
 )
 def test_apiservice_owner(apiservice: dict[str, Any], ours: bool) -> None:
     assert apiservice_owner(apiservice).stackgen is ours
+
+
+class Broken(FakeCluster):
+    """An API server that is away."""
+
+    def review(self, token: str, audience: str) -> str | None:
+        raise ConnectionError("API server unreachable")
+
+    def endpoints(self, namespace: str) -> list[tuple[str, int]]:
+        raise ConnectionError("API server unreachable")
+
+
+def test_an_unreachable_api_server_is_an_answer_not_a_crash(tmp_path: Path) -> None:
+    router = Router("a", Broken(front=stackgen_apiservice("a")), tmp_path / "no-such-token")
+    with pytest.raises(Unauthenticated, match="cannot check the bearer token"):
+        router.peer_user("Bearer token-of-a")
+    response = router.forward("b", "/apis/x", "", None)
+    assert response.status == 503
+    assert "cannot find the adapter of namespace b" in response.json()["message"]
+
+
+def test_a_missing_peer_token_is_a_503(cluster: Cluster) -> None:
+    router = cluster.stacks["a"].server.router
+    assert router is not None and router.token_file is not None
+    router.token_file.unlink()
+    status, body = cluster.hpa("a", metric_path("b"))
+    assert status == 503 and "cannot forward to namespace b" in body["message"]
