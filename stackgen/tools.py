@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from stackgen.common.errors import BuildError, Problem, ToolError
 from stackgen.common.files import display_path
@@ -337,3 +338,14 @@ def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) 
         line = line.replace(str(root) + "/", "").replace(str(root), ".")
         problems.append(Problem(file, "", f"kustomize: {line}"))
     return problems or [Problem(file, "", "kustomize failed without a message")]
+
+
+def kubectl_json(kubectl: Tool, *args: str, timeout: float = 60) -> Any | None:
+    """``kubectl ARGS -o json`` parsed, or None when the object does not exist."""
+    proc = run(kubectl, [*args, "-o", "json"], timeout=timeout)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        if "NotFound" in err or "not found" in err:
+            return None
+        raise ToolError(f"kubectl {' '.join(args)}: {(err.splitlines() or ['failed'])[-1]}")
+    return json.loads(proc.stdout)

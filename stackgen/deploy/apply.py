@@ -23,6 +23,7 @@ from stackgen.common.output import notice, out
 from stackgen.deploy.cluster import Cluster, ResourceType
 from stackgen.deploy.members import (
     INSTANCE_LABEL,
+    foreign_apiservice_problems,
     foreign_owner_problems,
     identify,
     list_members,
@@ -32,9 +33,11 @@ from stackgen.deploy.plan import (
     Deletion,
     ObjectRef,
     StackRef,
+    is_shared,
     labels_of,
     plan_prune,
     recorded_kinds,
+    shared_to_release,
     stack_namespaces,
 )
 from stackgen.deploy.ssa import FIELD_MANAGER, adopted_managed_fields, summarize_error
@@ -114,6 +117,7 @@ def apply_stack(
 
     live = {ObjectRef.of(o): o for o in cluster.get_existing(objects)}
     _raise(foreign_owner_problems(live.values(), stack, source))
+    _raise(foreign_apiservice_problems(live.values(), source))
     namespace_obj = live.get(ObjectRef("", "Namespace", "", stack.namespace))
     old_kinds = recorded_kinds(namespace_obj)
     desired = _namespaces_first(mark(objects, stack, old_kinds))
@@ -146,6 +150,7 @@ def apply_stack(
     if not options.diff:
         _report_applied(report, desired, live, members, changing, echo)
     if options.prune:
+        _release_shared(cluster, stack, desired, members, options, echo)
         report.pruned = _prune(cluster, types, stack, desired, members, options, source, echo)
     counts = (
         f"{len(report.created)} created, {len(report.configured)} configured, "
@@ -201,7 +206,8 @@ def _takeovers(
         if current is None:
             continue
         labels = labels_of(current)
-        if labels.get(STACK_LABEL) != stack.id and labels.get(INSTANCE_LABEL) != stack.name:
+        ours = labels.get(STACK_LABEL) == stack.id or labels.get(INSTANCE_LABEL) == stack.name
+        if not ours and not is_shared(current):
             continue
         entries = adopted_managed_fields(
             (current.get("metadata") or {}).get("managedFields") or [], now=now
@@ -307,6 +313,22 @@ def _report_applied(
         else:
             report.unchanged.append(ref)
             echo(f"unchanged {ref}")
+
+
+def _release_shared(
+    cluster: Cluster,
+    stack: StackRef,
+    desired: Sequence[JSON],
+    members: Sequence[JSON],
+    options: ApplyOptions,
+    echo: Echo,
+) -> None:
+    """A build that no longer serves the shared APIService hands it over, never deletes it."""
+    for ref in shared_to_release(stack, desired, members):
+        if options.dry_run or options.diff:
+            echo(f"would hand over {ref} (shared by every stack)")
+        else:
+            echo(f"{ref}: {cluster.hand_over_apiservice(stack.namespace)} (shared by every stack)")
 
 
 def _prune(

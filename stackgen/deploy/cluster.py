@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from stackgen import tools
 from stackgen.common.errors import ClusterError, ToolError
+from stackgen.deploy.apiservice import hand_over_apiservice
 from stackgen.deploy.plan import Deletion, ObjectRef, api_group
 from stackgen.deploy.ssa import FIELD_MANAGER, summarize_error
 
@@ -104,6 +105,10 @@ class Cluster(Protocol):
         self, rtype: ResourceType, live: Mapping[str, Any], entries: list[JSON]
     ) -> str | None:
         """Set an object's managedFields if it is unchanged since read; an error, or None."""
+        ...
+
+    def hand_over_apiservice(self, leaving_namespace: str) -> str:
+        """Point the shared APIService away from a leaving stack (:mod:`.apiservice`)."""
         ...
 
     def delete(self, rtype: ResourceType, deletion: Deletion, *, dry_run: bool) -> DeleteOutcome:
@@ -283,6 +288,9 @@ class Kubectl:
             args += ["--namespace", str(meta["namespace"])]
         code, _, err = self._run(args)
         return summarize_error(err) if code != 0 else None
+
+    def hand_over_apiservice(self, leaving_namespace: str) -> str:
+        return hand_over_apiservice(self._tool, leaving_namespace)
 
     def delete(self, rtype: ResourceType, deletion: Deletion, *, dry_run: bool) -> DeleteOutcome:
         body: JSON = {

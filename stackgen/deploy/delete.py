@@ -3,9 +3,10 @@
     list the stack's objects (label and namespace) → delete API registrations first →
     cluster-scoped and kube-system objects → the Namespace last, with what is in it
 
-The external-metrics APIService goes first: while an APIService exists whose backend is
-gone, the namespace controller cannot list every API and the namespace hangs in
-Terminating. The Namespace is the stack's own (stackgen made it and labelled it), so
+The external-metrics APIService is shared by every stack of the cluster: it is handed
+over first (pointed at another stack's adapter, or deleted when no stackgen adapter is
+left: :mod:`.apiservice`); while an APIService exists whose backend is gone, the
+namespace controller cannot list every API and the namespace hangs in Terminating. The Namespace is the stack's own (stackgen made it and labelled it), so
 deleting it removes everything in it, also what is not the stack's; ``keep_namespace``
 deletes the stack's objects in it one by one instead and leaves it.
 """
@@ -26,6 +27,7 @@ from stackgen.deploy.plan import (
     StackRef,
     plan_delete,
     recorded_kinds,
+    shared_to_release,
     stack_namespaces,
 )
 
@@ -86,6 +88,11 @@ def delete_stack(
     kinds = {*recorded_kinds(namespace_obj), *(ObjectRef.of(o).group_kind for o in built)}
     namespaces = stack_namespaces(stack, built)
     members = list_members(cluster, types, stack, kinds=kinds, namespaces=namespaces)
+    for ref in shared_to_release(stack, (), members):
+        if options.dry_run:
+            echo(f"would hand over {ref} (shared by every stack)")
+        else:
+            echo(f"{ref}: {cluster.hand_over_apiservice(stack.namespace)} (shared by every stack)")
     deletions = plan_delete(
         stack, members, extra_namespaces=namespaces, keep_namespace=options.keep_namespace
     )

@@ -13,8 +13,10 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from stackgen.common.apiservice import apiservice_owner
 from stackgen.common.errors import ConfigError, Problem
 from stackgen.common.identity import STACK_LABEL
+from stackgen.common.names import ADAPTER_APISERVICE, SHARED_LABEL
 from stackgen.deploy.cluster import Cluster, ResourceType, ResourceTypes
 from stackgen.deploy.plan import (
     KINDS_ANNOTATION,
@@ -128,6 +130,8 @@ def foreign_owner_problems(
     for obj in live:
         labels = labels_of(obj)
         owner = labels.get(STACK_LABEL)
+        if labels.get(SHARED_LABEL) == "true" and labels.get(MANAGED_BY_LABEL) == "stackgen":
+            continue  # shared by every stack: the stack applied last serves it
         if owner and owner != stack.id:
             problems.append(
                 Problem(
@@ -151,6 +155,19 @@ def foreign_owner_problems(
                     "objects",
                 )
             )
+    return problems
+
+
+def foreign_apiservice_problems(live: Iterable[Mapping[str, Any]], source: str) -> list[Problem]:
+    """The cluster's external-metrics APIService, when another adapter (KEDA, …) owns it."""
+    problems = []
+    for obj in live:
+        ref = ObjectRef.of(obj)
+        if (ref.kind, ref.name) != ("APIService", ADAPTER_APISERVICE):
+            continue
+        owner = apiservice_owner(obj)
+        if not owner.stackgen:
+            problems.append(Problem(source, str(ref), owner.conflict()))
     return problems
 
 

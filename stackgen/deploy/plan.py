@@ -10,6 +10,9 @@ so they are unit-tested without a cluster:
 * an object with ``ownerReferences`` is never deleted: its owner's garbage collection
   decides (the dispatcher's job-acquisition Secrets, EndpointSlices, ...);
 * pruning never deletes a Namespace (only ``stackgen delete`` does);
+* nothing shared (label ``stackgen.io/shared: "true"``: the one external-metrics
+  APIService of the cluster) is ever deleted as one stack's: the stack serving it hands
+  it over instead (:mod:`stackgen.deploy.apiservice`);
 * deletions run in an order that keeps the cluster healthy: API registrations first (a
   namespace cannot finish terminating while an APIService it served is unavailable),
   then workloads, then what they use (config, then RBAC), the Namespace last;
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stackgen.common.identity import STACK_LABEL, stack_id
+from stackgen.common.names import SHARED_LABEL
 
 JSON = dict[str, Any]
 
@@ -189,6 +193,27 @@ def is_member(obj: Mapping[str, Any], stack: StackRef, namespaces: Collection[st
     return not namespace or namespace in namespaces
 
 
+def is_shared(obj: Mapping[str, Any]) -> bool:
+    """Whether an object is shared by every stack of the cluster (never one stack's to delete)."""
+    return labels_of(obj).get(SHARED_LABEL) == "true"
+
+
+def shared_to_release(
+    stack: StackRef, desired: Sequence[Mapping[str, Any]], live: Iterable[Mapping[str, Any]]
+) -> list[ObjectRef]:
+    """Shared objects the stack serves that ``desired`` no longer has: to hand over.
+
+    ``desired`` is empty when the whole stack is deleted.
+    """
+    namespaces = stack_namespaces(stack, desired)
+    wanted = {ObjectRef.of(o) for o in desired}
+    return sorted(
+        ObjectRef.of(o)
+        for o in live
+        if is_shared(o) and is_member(o, stack, namespaces) and ObjectRef.of(o) not in wanted
+    )
+
+
 def _deletable(obj: Mapping[str, Any]) -> bool:
     meta = obj.get("metadata") or {}
     return not meta.get("ownerReferences") and not meta.get("deletionTimestamp")
@@ -225,6 +250,7 @@ def plan_prune(
         if (
             ref in wanted
             or ref.group_kind == ("", "Namespace")
+            or is_shared(obj)
             or not is_member(obj, stack, namespaces)
             or not _deletable(obj)
         ):
@@ -247,7 +273,9 @@ def plan_delete(
     cluster-scoped) are deleted one by one first.
     """
     namespaces = {stack.namespace, KUBE_SYSTEM, *extra_namespaces}
-    members = [o for o in live if is_member(o, stack, namespaces) and _deletable(o)]
+    members = [
+        o for o in live if is_member(o, stack, namespaces) and _deletable(o) and not is_shared(o)
+    ]
     namespace_obj = next(
         (o for o in members if ObjectRef.of(o) == ObjectRef("", "Namespace", "", stack.namespace)),
         None,
@@ -297,9 +325,11 @@ __all__ = [
     "api_group",
     "deletion_order",
     "is_member",
+    "is_shared",
     "kinds_record",
     "plan_delete",
     "plan_prune",
     "recorded_kinds",
+    "shared_to_release",
     "stack_namespaces",
 ]

@@ -33,8 +33,14 @@ from typing import Any
 import pytest
 import yaml
 
-from stackgen import tools
-from stackgen.validation.apiservice import hand_over_apiservice
+from stackgen.deploy import (
+    ApplyOptions,
+    DeleteOptions,
+    Kubectl,
+    StackRef,
+    apply_stack,
+    delete_stack,
+)
 from tests.support.aggregator import (
     ADAPTER_PORT,
     AdapterProcess,
@@ -198,9 +204,11 @@ def test_two_stacks_share_the_aggregated_api(
             objects = adapter_objects(stackgen_build(overlay), f"stk-{name}", address)
             stacks[name] = StackUnderTest(name, f"stk-{name}", token, overlay, objects, fake)
         alpha, beta = stacks["alpha"], stacks["beta"]
-        # Applied one after the other: beta, applied last, serves the APIService.
+        # `stackgen apply`'s engine, one after the other: beta, applied last, takes the
+        # shared APIService over (alpha's apply made it) and serves it.
+        kube = Kubectl(kubeconfig=str(cluster.kubeconfig))
         for stack in (alpha, beta):
-            cluster.apply(stack.objects)
+            apply_stack(stack.objects, kube, ApplyOptions(), source=str(stack.overlay), note=note)
         front = cluster.get("apiservice", APISERVICE)
         assert front is not None and front["spec"]["service"]["namespace"] == "stk-beta"
         for stack, address in ((alpha, netns.ns_ip), (beta, netns.extra_ips[0])):
@@ -242,21 +250,29 @@ def _scenario(
     )
     note("HPA alpha desired 5, HPA beta desired 2 (same queue name, own numbers)")
 
-    # beta, in front, goes away: the rule is hand over first, then delete.
-    kubectl = tools.kubectl()
-    with _kubeconfig(cluster):
-        assert hand_over_apiservice(kubectl, "stk-beta") == "handed over to stk-alpha"
-    note("hand_over_apiservice(stk-beta): the APIService now points at alpha's adapter")
+    # beta, in front, goes away with `stackgen delete`'s engine: it hands the shared
+    # APIService over to alpha's adapter first, then deletes beta's objects.
     assert beta.adapter is not None
     beta.adapter.stop()
-    shared = [o for o in beta.objects if (o["metadata"].get("labels") or {}).get(
-        "stackgen.io/shared") == "true"]  # fmt: skip
-    assert [o["kind"] for o in shared] == ["APIService"]
-    cluster.kubectl(
-        "delete", "-f", "-", "--wait=false", "--ignore-not-found",
-        input=yaml.safe_dump_all([o for o in beta.objects if o not in shared]),
-    )  # fmt: skip
-    note("beta's objects deleted (all but the shared APIService), its adapter stopped")
+    lines: list[str] = []
+    delete_stack(
+        StackRef(beta.name, beta.namespace),
+        Kubectl(kubeconfig=str(cluster.kubeconfig)),
+        DeleteOptions(),
+        source=str(beta.overlay),
+        echo=lines.append,
+        note=note,
+    )
+    assert lines[0] == (
+        "APIService v1beta1.external.metrics.k8s.io: handed over to stk-alpha "
+        "(shared by every stack)"
+    ), lines
+    assert "Namespace stk-beta" in lines[-1]
+    front = cluster.get("apiservice", APISERVICE)
+    assert front is not None and front["spec"]["service"]["namespace"] == "stk-alpha"
+    note(
+        "stackgen delete of beta: APIService handed over to alpha's adapter, beta's objects deleted"
+    )
     alpha.fake.add_jobs(QUEUE, 2)
     wait_for(
         lambda: _hpa(cluster, "stk-alpha") == (7, True),
@@ -276,19 +292,6 @@ def _scenario(
     )
 
     _foreign_owner(fp, alpha, note)
-
-
-@contextlib.contextmanager
-def _kubeconfig(cluster: Cluster) -> Iterator[None]:
-    old = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = old
 
 
 def _foreign_owner(fp: FrontProxyCluster, alpha: StackUnderTest, note: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stackgen.common.identity import STACK_LABEL
 from stackgen.deploy.apply import kubectl_name
 from stackgen.deploy.cluster import ApplyRun, DeleteOutcome, ResourceType
 from stackgen.deploy.plan import STACKGEN_KINDS, Deletion, ObjectRef
@@ -63,6 +64,8 @@ class FakeCluster:
     deletes: list[tuple[ObjectRef, str, bool]] = field(default_factory=list)
     applies: int = 0
     managed_field_writes: list[ObjectRef] = field(default_factory=list)
+    #: The leaving namespace of every hand-over of the shared APIService, in order.
+    hand_overs: list[str] = field(default_factory=list)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # ------------------------------------------------------------------ test helpers
@@ -154,6 +157,30 @@ class FakeCluster:
         self.objects[ref]["metadata"]["managedFields"] = entries
         self.managed_field_writes.append(ref)
         return None
+
+    def hand_over_apiservice(self, leaving_namespace: str) -> str:
+        """As :func:`stackgen.deploy.apiservice.hand_over_apiservice` does on a cluster."""
+        self.hand_overs.append(leaving_namespace)
+        ref = next((r for r in self.objects if r.kind == "APIService"), None)
+        if ref is None:
+            return "absent"
+        live = self.objects[ref]
+        if live["spec"]["service"]["namespace"] != leaving_namespace:
+            return "kept"
+        adapters = sorted(
+            r for r in self.objects
+            if (r.kind, r.name) == ("Service", "stackgen-metrics-adapter")
+            and r.namespace != leaving_namespace
+        )  # fmt: skip
+        if not adapters:
+            del self.objects[ref]
+            return "deleted"
+        service = self.objects[adapters[0]]
+        live["spec"]["service"]["namespace"] = adapters[0].namespace
+        live["metadata"]["labels"].update(
+            {k: v for k, v in service["metadata"]["labels"].items() if k == STACK_LABEL}
+        )
+        return f"handed over to {adapters[0].namespace}"
 
     def delete(self, rtype: ResourceType, deletion: Deletion, *, dry_run: bool) -> DeleteOutcome:
         self.deletes.append((deletion.ref, deletion.propagation, dry_run))

@@ -187,24 +187,80 @@ def test_no_prune_applies_only() -> None:
 
 
 def test_another_stacks_object_is_never_taken_over() -> None:
+    # Another stack named "other" in the same namespace made the dispatcher's Lease.
     cluster = FakeCluster()
-    theirs = [o for o in golden("hpa-existing-secret") if o["kind"] == "APIService"]
-    cluster.put(theirs[0])
+    theirs = copy.deepcopy(next(o for o in golden("example") if o["kind"] == "Lease"))
+    theirs["metadata"]["labels"][STACK_LABEL] = "other.buildkite"
+    theirs["metadata"]["labels"]["app.kubernetes.io/instance"] = "other"
+    cluster.put(theirs)
     with pytest.raises(ClusterError) as caught:
         run_apply(cluster, golden("example"))
     assert [str(p) for p in caught.value.problems] == [
-        "overlays/example: APIService v1beta1.external.metrics.k8s.io: already exists and "
-        "belongs to stack 'linux.ci-linux' (label stackgen.io/stack): stackgen never takes "
+        "overlays/example: Lease buildkite/stackgen-dispatcher: already exists and "
+        "belongs to stack 'other.buildkite' (label stackgen.io/stack): stackgen never takes "
         "over another stack's objects"
     ]
     assert cluster.applies == 0
     # Also one deployed before the label, known by its instance label.
     cluster = FakeCluster()
-    old_style = copy.deepcopy(theirs[0])
+    old_style = copy.deepcopy(theirs)
     del old_style["metadata"]["labels"][STACK_LABEL]
     cluster.put(old_style)
-    with pytest.raises(ClusterError, match="belongs to stack 'linux'"):
+    with pytest.raises(ClusterError, match="belongs to stack 'other'"):
         run_apply(cluster, golden("example"))
+
+
+def test_the_shared_apiservice_goes_to_the_stack_applied_last_and_is_handed_over() -> None:
+    cluster = FakeCluster()
+    run_apply(cluster, golden("hpa-existing-secret"))  # stack linux in ci-linux
+    run_apply(cluster, golden("example"))  # applied last: it serves the APIService
+    (apiservice,) = [o for r, o in cluster.objects.items() if r.kind == "APIService"]
+    assert apiservice["metadata"]["labels"][STACK_LABEL] == STACK.id
+    assert apiservice["spec"]["service"]["namespace"] == "buildkite"
+    # The example stack drops its hpa queue: the APIService is handed over, not pruned.
+    no_hpa = [
+        o
+        for o in golden("example")
+        if o["kind"] not in ("APIService", "HorizontalPodAutoscaler")
+        and "metrics-adapter" not in o["metadata"]["name"]
+        and "external-metrics" not in o["metadata"]["name"]
+    ]
+    lines, _ = run_apply(cluster, no_hpa)
+    assert (
+        "APIService v1beta1.external.metrics.k8s.io: handed over to ci-linux "
+        "(shared by every stack)"
+    ) in lines
+    assert cluster.hand_overs == ["buildkite"]
+    (apiservice,) = [o for r, o in cluster.objects.items() if r.kind == "APIService"]
+    assert apiservice["spec"]["service"]["namespace"] == "ci-linux"
+    assert not any(d[0].kind == "APIService" for d in cluster.deletes)
+    # The last stack serving it is deleted: no stackgen adapter is left, so it goes.
+    lines = []
+    delete_stack(StackRef("linux", "ci-linux"), cluster, source="x", echo=lines.append, note=print)
+    assert lines[0] == "APIService v1beta1.external.metrics.k8s.io: deleted (shared by every stack)"
+    assert not any(r.kind == "APIService" for r in cluster.objects)
+
+
+def test_a_foreign_apiservice_is_refused_in_one_line() -> None:
+    cluster = FakeCluster()
+    keda = {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {
+            "name": "v1beta1.external.metrics.k8s.io",
+            "labels": {"app.kubernetes.io/name": "keda-operator-metrics-apiserver"},
+        },
+        "spec": {"service": {"namespace": "keda", "name": "keda-operator-metrics-apiserver"}},
+    }
+    cluster.put(keda)
+    with pytest.raises(ClusterError) as caught:
+        run_apply(cluster, golden("example"))
+    (problem,) = caught.value.problems
+    assert (
+        "belongs to another metrics adapter (service keda/keda-operator-metrics-apiserver"
+        in str(problem)
+    )
+    assert cluster.applies == 0
 
 
 def test_kubectl_applys_field_ownership_is_taken_over_once() -> None:
@@ -271,9 +327,10 @@ def test_delete_removes_the_stack_and_nothing_else() -> None:
     done = delete_stack(
         STACK, cluster, DeleteOptions(wait=True), source="x", echo=lines.append, note=print
     )
-    assert lines[0] == "deleted APIService v1beta1.external.metrics.k8s.io"
+    # The shared APIService: no other stack's adapter is left, so the hand-over deletes it.
+    assert lines[0] == "APIService v1beta1.external.metrics.k8s.io: deleted (shared by every stack)"
     assert lines[-1] == "deleted Namespace buildkite (with everything in it)"
-    assert len(done) == 6
+    assert len(done) == 7
     assert not any(r.namespace == "buildkite" or r.name == "buildkite" for r in cluster.objects)
     assert len(cluster.objects) == len(golden("dispatch-exact-mirrors"))
 

@@ -23,6 +23,7 @@ from stackgen.deploy.plan import (
     plan_delete,
     plan_prune,
     recorded_kinds,
+    shared_to_release,
 )
 from tests.support.paths import ROOT
 
@@ -205,26 +206,46 @@ def test_plain_overlay_namespaces_come_from_the_build() -> None:
 # ------------------------------------------------------------------------ delete
 
 
-def test_delete_goes_apiservice_first_namespace_last_and_lets_it_take_its_contents() -> None:
+def test_delete_goes_registrations_first_namespace_last_and_lets_it_take_its_contents() -> None:
     live = golden("example")
-    deletions = plan_delete(STACK, live)
+    own_api = obj(
+        "APIService", "v1.things.example.com", "", api_version="apiregistration.k8s.io/v1"
+    )  # a plain overlay's own API
+    deletions = plan_delete(STACK, [*live, own_api])
     assert refs(deletions) == [
-        "APIService v1beta1.external.metrics.k8s.io",
-        "ClusterRoleBinding stackgen-metrics-adapter:system:auth-delegator",
-        "ClusterRoleBinding stackgen:external-metrics-reader",
-        "RoleBinding kube-system/stackgen-metrics-adapter:auth-reader",
-        "ClusterRole stackgen:external-metrics-reader",
+        "APIService v1.things.example.com",
+        "ClusterRoleBinding stackgen-metrics-adapter:buildkite",
+        "ClusterRoleBinding stackgen-metrics-adapter:buildkite:system:auth-delegator",
+        "ClusterRoleBinding stackgen:external-metrics-reader:buildkite",
+        "RoleBinding kube-system/stackgen-metrics-adapter:buildkite:auth-reader",
+        "ClusterRole stackgen-metrics-adapter:buildkite",
+        "ClusterRole stackgen:external-metrics-reader:buildkite",
         "Namespace buildkite",
     ]
     assert deletions[-1].note == "with everything in it"
 
 
+def test_the_shared_apiservice_is_never_deleted_or_pruned_only_released() -> None:
+    live = golden("example")
+    shared = [o for o in live if o["kind"] == "APIService"]
+    assert [o["metadata"]["labels"]["stackgen.io/shared"] for o in shared] == ["true"]
+    assert "APIService" not in {d.ref.kind for d in plan_delete(STACK, live)}
+    assert [str(r) for r in shared_to_release(STACK, (), live)] == [
+        "APIService v1beta1.external.metrics.k8s.io"
+    ]
+    without_hpa = [o for o in live if o["kind"] not in ("APIService", "HorizontalPodAutoscaler")]
+    assert "APIService" not in {d.ref.kind for d in plan_prune(STACK, without_hpa, live)}
+    assert len(shared_to_release(STACK, without_hpa, live)) == 1
+    assert shared_to_release(STACK, live, live) == []  # still in the build: nothing to release
+    assert shared_to_release(StackRef("other", "buildkite"), (), live) == []
+
+
 def test_delete_with_keep_namespace_deletes_the_members_one_by_one() -> None:
     live = golden("example")
     deletions = plan_delete(STACK, live, keep_namespace=True)
-    assert len(deletions) == len(live) - 1
+    assert len(deletions) == len(live) - 2  # not the Namespace, not the shared APIService
     assert "Namespace buildkite" not in refs(deletions)
-    assert refs(deletions)[0] == "APIService v1beta1.external.metrics.k8s.io"
+    assert refs(deletions)[0] == "HorizontalPodAutoscaler buildkite/buildkite-agent-default"
     cronjob = next(d for d in deletions if d.ref.kind == "CronJob")
     assert cronjob.propagation == "Orphan"
 
@@ -238,7 +259,7 @@ def test_delete_of_another_stack_or_name_finds_nothing() -> None:
 
 
 def test_delete_without_a_namespace_member_deletes_each_object() -> None:
-    live = [o for o in golden("example") if o["kind"] != "Namespace"]
+    live = [o for o in golden("example") if o["kind"] not in ("Namespace", "APIService")]
     assert len(plan_delete(STACK, live)) == len(live)
 
 
