@@ -181,7 +181,10 @@ def test_apply_prunes_a_removed_queue_and_a_rotated_token_and_delete_removes_the
     proc = ok(stackgen("apply", v1))
     assert f"created CronJob {NAMESPACE}/buildkite-agent-deploy" in proc.stdout
     assert f"created APIService {APISERVICE}" in proc.stdout
-    assert "created RoleBinding kube-system/stackgen-metrics-adapter:auth-reader" in proc.stdout
+    assert (
+        f"created RoleBinding kube-system/stackgen-metrics-adapter:{NAMESPACE}:auth-reader"
+        in proc.stdout
+    )
     ok(stackgen("apply", other))
     assert all_exist(cluster, first) and all_exist(cluster, bystander)
 
@@ -250,7 +253,10 @@ def test_apply_prunes_a_removed_queue_and_a_rotated_token_and_delete_removes_the
 
     proc = ok(stackgen("apply", v2))
     pruned = [ln for ln in proc.stdout.splitlines() if ln.startswith("pruned ")]
-    assert pruned[0] == f"pruned APIService {APISERVICE}", pruned
+    # The shared APIService is never pruned as this stack's: no other stack's adapter is
+    # left to hand it to, so the hand-over deletes it.
+    assert f"APIService {APISERVICE}: deleted (shared by every stack)" in proc.stdout
+    assert not any("APIService" in ln for ln in pruned), pruned
     for kind, name, namespace in [
         ("cronjob", "buildkite-agent-deploy", NAMESPACE),
         ("deployment", "buildkite-agent-default", NAMESPACE),
@@ -258,10 +264,12 @@ def test_apply_prunes_a_removed_queue_and_a_rotated_token_and_delete_removes_the
         ("deployment", "stackgen-metrics-adapter", NAMESPACE),
         ("secret", old_token, NAMESPACE),
         ("apiservice", APISERVICE, None),
-        ("clusterrole", "stackgen:external-metrics-reader", None),
-        ("clusterrolebinding", "stackgen:external-metrics-reader", None),
-        ("clusterrolebinding", "stackgen-metrics-adapter:system:auth-delegator", None),
-        ("rolebinding", "stackgen-metrics-adapter:auth-reader", "kube-system"),
+        ("clusterrole", f"stackgen:external-metrics-reader:{NAMESPACE}", None),
+        ("clusterrole", f"stackgen-metrics-adapter:{NAMESPACE}", None),
+        ("clusterrolebinding", f"stackgen:external-metrics-reader:{NAMESPACE}", None),
+        ("clusterrolebinding", f"stackgen-metrics-adapter:{NAMESPACE}", None),
+        ("clusterrolebinding", f"stackgen-metrics-adapter:{NAMESPACE}:system:auth-delegator", None),
+        ("rolebinding", f"stackgen-metrics-adapter:{NAMESPACE}:auth-reader", "kube-system"),
     ]:
         assert gone(cluster, kind, name, namespace), f"{kind} {namespace}/{name} is still there"
     assert all_exist(cluster, second)
@@ -312,7 +320,7 @@ def test_apply_prunes_a_removed_queue_and_a_rotated_token_and_delete_removes_the
         )
     )
     lines = proc.stdout.splitlines()
-    assert lines[0] == f"deleted APIService {APISERVICE}"
+    assert lines[0] == f"APIService {APISERVICE}: deleted (shared by every stack)"
     assert lines[-1] == f"deleted Namespace {NAMESPACE} (with everything in it)"
     assert gone(cluster, "namespace", NAMESPACE)
     assert labelled(cluster, stack_id) == []
