@@ -3,7 +3,10 @@ seam, for unit tests and the dispatch benchmark (test support, never shipped).
 
 It keeps objects as the API's JSON, stamps names, uids, resourceVersions and creation
 times from a clock it is given, checks resourceVersions on replace (409 when stale),
-and can be told to fail the next calls of a method with a given status.
+and can be told to fail the next calls of a method: with a status (and a Retry-After),
+with a lost response (the call lands, the answer never arrives), or by hanging until
+released (an API server that accepts connections and never answers).  Events can be
+added and listed by field selector (a Job's FailedCreate, say).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from stackgen.dispatcher.kube import JSON, KubeError
@@ -44,6 +48,23 @@ def matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
+@dataclass
+class KubeFault:
+    """How the next call of a method fails."""
+
+    status: int | None
+    retry_after: float | None = None
+    #: The call is carried out, then its answer is lost (a timeout, a reset connection).
+    lost: bool = False
+
+
+def _error(message: str, fault: KubeFault) -> KubeError:
+    exc = KubeError(message, status=fault.status)
+    # Set, not passed: the seam of older stackgen versions (bench --baseline) lacks it.
+    exc.retry_after = fault.retry_after
+    return exc
+
+
 class FakeKube:
     """Objects of one namespace, in memory."""
 
@@ -54,21 +75,58 @@ class FakeKube:
         self.clock = clock
         self.objects: dict[str, dict[str, JSON]] = defaultdict(dict)
         self.calls: list[tuple[str, str]] = []
-        self._faults: dict[str, list[int]] = defaultdict(list)
+        self._faults: dict[str, list[KubeFault]] = defaultdict(list)
         self._versions = itertools.count(1)
         self._lock = threading.RLock()
+        #: While set, every call (or those of ``_hung_methods``) blocks until released.
+        self._hung = threading.Event()
+        self._hung_methods: frozenset[str] = frozenset()
+        self._release = threading.Event()
 
     # ------------------------------------------------------------------ helpers
 
-    def fail(self, method: str, status: int, times: int = 1) -> None:
-        """Make the next ``times`` calls of ``method`` fail with ``status``."""
-        self._faults[method].extend([status] * times)
+    def fail(
+        self, method: str, status: int | None, times: int = 1, *, retry_after: float | None = None
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` fail with ``status`` (None: transport).
 
-    def _enter(self, method: str, target: str = "") -> None:
+        ``retry_after``: the Retry-After the answer carries (a 429 from the API server's
+        priority and fairness, say).
+        """
+        self._faults[method].extend([KubeFault(status, retry_after)] * times)
+
+    def lose_response(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` land, but their answers are lost."""
+        self._faults[method].extend([KubeFault(None, lost=True)] * times)
+
+    def hang(self, *methods: str) -> None:
+        """From now on calls (of ``methods``, or all) block until :meth:`unhang`."""
+        self._hung_methods = frozenset(methods)
+        self._release.clear()
+        self._hung.set()
+
+    def unhang(self) -> None:
+        """Let hung and later calls through again."""
+        self._hung.clear()
+        self._release.set()
+
+    def _enter(self, method: str, target: str = "") -> KubeFault | None:
+        """Record a call; raise its injected fault, or return a lost-answer fault to apply."""
         self.calls.append((method, target))
-        if self._faults[method]:
-            status = self._faults[method].pop(0)
-            raise KubeError(f"injected {status} on {method}", status=status)
+        if self._hung.is_set() and (not self._hung_methods or method in self._hung_methods):
+            self._release.wait()
+        with self._lock:
+            fault = self._faults[method].pop(0) if self._faults[method] else None
+        if fault is None:
+            return None
+        if fault.lost:
+            return fault
+        raise _error(f"injected {fault.status} on {method}", fault)
+
+    @staticmethod
+    def _lost(fault: KubeFault | None, method: str) -> None:
+        if fault is not None:
+            raise _error(f"{method}: the answer was lost (injected)", fault)
 
     def writes(self) -> int:
         """Write calls made so far (what the benchmark counts per dispatched job)."""
@@ -139,15 +197,22 @@ class FakeKube:
 
     def list_events(self, field_selector: str) -> list[JSON]:
         self._enter("list_events", field_selector)
-        return []
+        with self._lock:
+            return [
+                copy.deepcopy(e)
+                for e in self.objects["events"].values()
+                if field_matches(e, field_selector)
+            ]
 
     def get_cronjob(self, name: str) -> JSON:
         self._enter("get_cronjob", name)
         return self._get("cronjobs", name)
 
     def create_job(self, body: JSON) -> JSON:
-        self._enter("create_job", body["metadata"]["name"])
-        return self._create("jobs", body)
+        lost = self._enter("create_job", body["metadata"]["name"])
+        created = self._create("jobs", body)
+        self._lost(lost, "create_job")
+        return created
 
     def dry_run_job(self, body: JSON) -> JSON:
         """Server-side dry run of a create: nothing is stored (faults can be injected)."""
@@ -163,8 +228,10 @@ class FakeKube:
         self._delete("jobs", name)
 
     def create_secret(self, body: JSON) -> JSON:
-        self._enter("create_secret", body["metadata"]["name"])
-        return self._create("secrets", body)
+        lost = self._enter("create_secret", body["metadata"]["name"])
+        created = self._create("secrets", body)
+        self._lost(lost, "create_secret")
+        return created
 
     def list_pvcs(self, selector: str) -> list[JSON]:
         self._enter("list_pvcs", selector)
@@ -264,6 +331,37 @@ class FakeKube:
                     )
                 )
 
+    def add_event(self, kind: str, name: str, reason: str, message: str) -> JSON:
+        """A Warning event about an object, as its controller records one."""
+        with self._lock:
+            stamp = _stamp(self.clock())
+            return self.add(
+                "events",
+                {
+                    "metadata": {"name": f"{name}.{uuid.uuid4().hex[:16]}"},
+                    "involvedObject": {"kind": kind, "name": name, "namespace": self.namespace},
+                    "type": "Warning",
+                    "reason": reason,
+                    "message": message,
+                    "firstTimestamp": stamp,
+                    "lastTimestamp": stamp,
+                    "count": 1,
+                },
+            )
+
+    def forbid_pods(self, message: str) -> None:
+        """Every Job without pods gets a FailedCreate event, as a ResourceQuota causes."""
+        with self._lock:
+            for job in list(self.objects["jobs"].values()):
+                name = job["metadata"]["name"]
+                if not any(
+                    p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == name
+                    for p in self.objects["pods"].values()
+                ):
+                    self.add_event(
+                        "Job", name, "FailedCreate", f'Error creating: pods "{name}-x" {message}'
+                    )
+
     def finish_pods(self, job_name: str, count: int | None = None) -> None:
         """Let ``count`` (default all) running pods of a Job succeed."""
         with self._lock:
@@ -282,6 +380,19 @@ class FakeKube:
                 status["conditions"] = [{"type": "Complete", "status": "True"}]
                 status["ready"] = 0
                 status["active"] = 0
+
+
+def field_matches(obj: JSON, selector: str) -> bool:
+    """Equality field selectors (``involvedObject.kind=Job,reason=FailedCreate``)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        negate = "!=" in term
+        path, _, want = term.partition("!=" if negate else "=")
+        value: Any = obj
+        for part in path.lstrip("=").split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if (str(value) == want.lstrip("=")) == negate:
+            return False
+    return True
 
 
 def cronjob_template(name: str, queue_slug: str, args: list[str] | None = None) -> dict[str, Any]:
