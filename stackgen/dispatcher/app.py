@@ -22,6 +22,11 @@ from stackgen.dispatcher.leader import LeaderElector
 from stackgen.dispatcher.metrics import Metrics
 from stackgen.dispatcher.server import Endpoint, Server
 
+#: SIGTERM to exit, at most (plus the HTTP server's stop): the loop's threads, then, best
+#: effort, deregistering the stacks and releasing the Lease.  An API server or Buildkite
+#: that does not answer must not hold a pod in Terminating (or a rollout) for a minute.
+SHUTDOWN_SECONDS = 5.0
+
 
 @dataclass
 class Options:
@@ -85,16 +90,44 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
     threads = _start_threads(stop, dispatcher, elector, informer, log)
     while not stop.is_set():
         stop.wait(1.0)
-    for thread in threads:
-        thread.join(timeout=10)
-    if is_leader():
-        dispatcher.deregister()  # followers share the stack key: only the leader may
-    if elector is not None:
-        elector.release()  # the successor need not wait the lease out
+    _shut_down(threads, dispatcher, elector, is_leader(), log)
     server.stop()
     api.close()
     log.info("dispatcher stopped")
     return 0
+
+
+def _shut_down(
+    threads: list[threading.Thread],
+    dispatcher: Dispatcher,
+    elector: LeaderElector | None,
+    leader: bool,
+    log: Any,
+) -> None:
+    """Within SHUTDOWN_SECONDS: let the threads end, then say goodbye (best effort).
+
+    The goodbyes run at once on daemon threads: the Lease release (the successor need
+    not wait the lease out) and, for a leader, deregistering the stacks (followers share
+    the stack keys: only the leader may).  What has not finished by the deadline is left:
+    the process exits anyway, and a Lease not released simply expires.
+    """
+    deadline = time.monotonic() + SHUTDOWN_SECONDS
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    goodbyes = []
+    if leader:
+        goodbyes.append(
+            threading.Thread(target=dispatcher.deregister, name="deregister", daemon=True)
+        )
+    if elector is not None:
+        goodbyes.append(threading.Thread(target=elector.release, name="lease-release", daemon=True))
+    for thread in goodbyes:
+        thread.start()
+    for thread in goodbyes:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in threads + goodbyes if t.is_alive()]
+    if late:
+        log.warning("shutdown deadline reached; leaving calls unanswered", threads=late)
 
 
 def _stop_on_signals(stop: threading.Event, log: Any) -> None:
@@ -125,10 +158,7 @@ def _elector(
     def on_leadership(leader: bool) -> None:
         metrics.leader.set(1 if leader else 0)
         for dispatcher in ours:
-            if leader:
-                dispatcher.trigger()
-            else:
-                dispatcher.forget_state()
+            dispatcher.on_leadership(leader)
 
     return LeaderElector(
         kube,

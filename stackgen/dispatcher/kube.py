@@ -45,18 +45,55 @@ def quantity(value: object) -> Decimal:
     return Decimal(parse_quantity(value))
 
 
+#: What ``stackgen_api_errors_total{api="kubernetes"}`` counts by (a fixed set).
+KUBE_ERROR_KINDS = ("AuthError", "NotFound", "Conflict", "Rejected", "RateLimited", "Unavailable")
+
+
 class KubeError(Exception):
     """A Kubernetes API call failed."""
 
-    def __init__(self, message: str, *, status: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        #: The API server's Retry-After (429 from priority and fairness, some 5xx).
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
         """429, 5xx and transport errors are worth another try; 4xx are not."""
         return self.status is None or self.status == 429 or self.status >= 500
+
+    @property
+    def maybe_landed(self) -> bool:
+        """Whether a failed write may have been carried out all the same.
+
+        The answer was lost (a timeout, a broken connection), or the server failed after
+        accepting the write (5xx).
+        """
+        return self.status is None or self.status >= 500
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`KUBE_ERROR_KINDS` (the status is logged alongside)."""
+        if self.status in (401, 403):
+            return "AuthError"
+        if self.status == 404:
+            return "NotFound"
+        if self.status == 409:
+            return "Conflict"
+        if self.status == 429:
+            return "RateLimited"
+        if self.status is None or self.status >= 500:
+            return "Unavailable"
+        return "Rejected"
 
     @property
     def conflict(self) -> bool:
@@ -67,6 +104,15 @@ class KubeError(Exception):
     def not_found(self) -> bool:
         """404."""
         return self.status == 404
+
+
+def _retry_after(exc: Any) -> float | None:
+    """The Retry-After header of a failed answer (seconds), if any."""
+    value = (getattr(exc, "headers", None) or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 class Kube(Protocol):
@@ -129,7 +175,9 @@ class ClientKube:
                 message = str(body.get("message", exc.reason))
             except (ValueError, TypeError):
                 message = str(exc.reason)
-            raise KubeError(message, status=exc.status, reason=reason) from exc
+            raise KubeError(
+                message, status=exc.status, reason=reason, retry_after=_retry_after(exc)
+            ) from exc
         except (HTTPError, OSError) as exc:
             raise KubeError(f"{type(exc).__name__}: {exc}") from exc
         return json.loads(data) if data else {}

@@ -1,15 +1,48 @@
-"""Prometheus metrics of the dispatcher (served on /metrics)."""
+"""Prometheus metrics of the dispatcher (served on /metrics).
+
+Every labelled series whose labels the dispatcher knows up front (its queues, its APIs
+and their error kinds, its cycle triggers, its webhook results) exists from the start at
+0, so a rate or an alert works before the first increment.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stackgen.buildkite import BuildkiteError
-from stackgen.dispatcher.kube import KubeError
+from stackgen.buildkite import (
+    AuthError,
+    BadResponse,
+    BuildkiteError,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Unavailable,
+)
+from stackgen.common.models import DispatchedQueue
+from stackgen.dispatcher.kube import KUBE_ERROR_KINDS, KubeError
 
 _LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600)
+BUILDKITE_ERROR_KINDS = tuple(
+    c.__name__ for c in (AuthError, NotFound, Rejected, RateLimited, Unavailable, BadResponse)
+)
+#: What starts a cycle: its poll (or a recheck, or a retry), a webhook, gaining leadership.
+TRIGGERS = ("poll", "webhook", "leadership")
+WEBHOOK_RESULTS = (
+    "accepted",
+    "rejected",
+    "replayed",
+    "malformed",
+    "ignored",
+    "disabled",
+    "forwarded",
+    "forward-failed",
+    "no-leader",
+)
+#: Why the dispatcher deleted a Job.
+DELETE_REASONS = ("not-started", "canceled")
 
 
 class Metrics:
@@ -17,7 +50,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._queue_gauges(self.registry)
+        self._queue_counters(self.registry)
+        self._process_metrics(self.registry)
+
+    def _queue_gauges(self, r: CollectorRegistry) -> None:
         self.scheduled = Gauge(
             "stackgen_queue_scheduled_jobs",
             "Scheduled Buildkite jobs per queue.",
@@ -48,6 +85,20 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.template_missing = Gauge(
+            "stackgen_queue_template_missing",
+            "1 while the queue's template CronJob is missing (nothing is dispatched).",
+            ["queue"],
+            registry=r,
+        )
+        self.reserved = Gauge(
+            "stackgen_queue_reserved_jobs",
+            "Buildkite jobs this dispatcher reserved and has not yet made a Job for.",
+            ["queue"],
+            registry=r,
+        )
+
+    def _queue_counters(self, r: CollectorRegistry) -> None:
         self.agents_dispatched = Counter(
             "stackgen_agents_dispatched_total", "Agents dispatched.", ["queue", "mode"], registry=r
         )
@@ -56,8 +107,16 @@ class Metrics:
         )
         self.jobs_deleted = Counter(
             "stackgen_jobs_deleted_total",
-            "Kubernetes Jobs deleted because their pods never started.",
-            ["queue"],
+            "Kubernetes Jobs deleted: their pods never started, or their Buildkite job was "
+            "canceled before they did.",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.not_started = Counter(
+            "stackgen_pods_not_started_total",
+            "Jobs whose pods did not start in time, by the Kubernetes reason (FailedCreate, "
+            "Unschedulable, ErrImagePull, ...).",
+            ["queue", "reason"],
             registry=r,
         )
         self.jobs_failed = Counter(
@@ -66,6 +125,15 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.latency = Histogram(
+            "stackgen_dispatch_latency_seconds",
+            "Time from a Buildkite job being scheduled to its agent's Kubernetes Job created.",
+            ["queue"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def _process_metrics(self, r: CollectorRegistry) -> None:
         self.job_reads = Counter(
             "stackgen_job_reads_total",
             "Reads of our Kubernetes Jobs by a cycle: from the watch cache or a full list.",
@@ -81,13 +149,6 @@ class Metrics:
         self.api_errors = Counter(
             "stackgen_api_errors_total", "Failed API calls.", ["api", "kind"], registry=r
         )
-        self.latency = Histogram(
-            "stackgen_dispatch_latency_seconds",
-            "Time from a Buildkite job being scheduled to its agent's Kubernetes Job created.",
-            ["queue"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
         self.leader = Gauge("stackgen_leader", "1 while this replica holds the lease.", registry=r)
         self.webhooks = Counter(
             "stackgen_webhooks_total", "Webhook deliveries by result.", ["result"], registry=r
@@ -95,6 +156,38 @@ class Metrics:
         self.mirrors_pruned = Counter(
             "stackgen_git_mirrors_pruned_total", "Unused git mirror volumes deleted.", registry=r
         )
+
+    def initialise(self, queues: Iterable[DispatchedQueue]) -> None:
+        """Create every series the dispatcher knows the labels of, at 0."""
+        for queue in queues:
+            for gauge in (
+                self.scheduled,
+                self.running,
+                self.supply,
+                self.unmet,
+                self.cooldown,
+                self.template_missing,
+                self.reserved,
+            ):
+                gauge.labels(queue.name)
+            self.agents_dispatched.labels(queue.name, queue.mode)
+            for counter in (self.jobs_created, self.jobs_failed):
+                counter.labels(queue.name)
+            for reason in DELETE_REASONS:
+                self.jobs_deleted.labels(queue.name, reason)
+            if queue.mode == "exact":
+                self.latency.labels(queue.name)
+        for kind in BUILDKITE_ERROR_KINDS:
+            self.api_errors.labels("buildkite", kind)
+        for kind in KUBE_ERROR_KINDS:
+            self.api_errors.labels("kubernetes", kind)
+        for trigger in TRIGGERS:
+            for result in ("ok", "error"):
+                self.cycles.labels(trigger, result)
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
+        for source in ("cache", "list"):
+            self.job_reads.labels(source)
 
     def buildkite_error(self, exc: BuildkiteError, log: Any, call: str, **ctx: Any) -> None:
         """Count a failed Buildkite call and log it (never with the token)."""
@@ -108,7 +201,8 @@ class Metrics:
             **ctx,
         )
 
-    def kube_error(self, exc: KubeError, log: Any, message: str) -> None:
-        """Count a failed Kubernetes call and log it."""
-        self.api_errors.labels("kubernetes", str(exc.status or "transport")).inc()
-        log.warning(message, error=str(exc), status=exc.status)
+    def kube_error(self, exc: KubeError, log: Any, message: str, *, quiet: bool = False) -> None:
+        """Count a failed Kubernetes call and log it (``quiet``: counted, not logged)."""
+        self.api_errors.labels("kubernetes", exc.kind).inc()
+        if not quiet:
+            log.warning(message, error=str(exc), status=exc.status, retry_after=exc.retry_after)

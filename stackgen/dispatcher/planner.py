@@ -20,6 +20,9 @@ Exact mode
 One Job per Buildkite job.  A Buildkite job that already has a Job (the Job's
 ``stackgen.io/buildkite-job`` label is the record) is never dispatched again; the
 Stacks API's reservation guards across restarts and replicas (done by the loop).
+Nothing counts as supply unless its Job exists (or was just created and is not listed
+yet): jobs the loop reserved but could not start are remembered and planned again,
+although Buildkite no longer lists them while they are reserved.
 """
 
 from __future__ import annotations
@@ -93,6 +96,15 @@ class Demand:
         return self.scheduled + self.running
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A Buildkite job this dispatcher reserved and has not made a Job for (yet)."""
+
+    job: WaitingJob
+    #: When the reservation lapses (Buildkite lists the job again then).
+    until: float
+
+
 @dataclass
 class QueueMemory:
     """What the planner remembers about a queue between cycles (rebuilt after a restart)."""
@@ -106,6 +118,9 @@ class QueueMemory:
     stuck_attempts: dict[str, int] = field(default_factory=dict)
     #: Exact mode: Buildkite jobs we created Jobs for, until the Job shows up in a listing.
     just_dispatched: dict[str, float] = field(default_factory=dict)
+    #: Exact mode: jobs reserved but not started (a call failed between reserving and
+    #: creating): Buildkite hides them while reserved, so they are planned from here.
+    reserved: dict[str, Reservation] = field(default_factory=dict)
     #: Buildkite jobs given up on (finished with a reason): never dispatched again.
     given_up: set[str] = field(default_factory=set)
 
@@ -132,6 +147,10 @@ class DeleteJob:
     name: str
     reason: str
     kind: Literal["delete"] = "delete"
+    #: Why: ``not-started`` (its pods never started) or ``canceled`` (on Buildkite).
+    cause: str = "not-started"
+    #: The Kubernetes reason its pods did not start (FailedCreate, ErrImagePull, ...).
+    code: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,16 @@ class FailJob:
 
 
 @dataclass(frozen=True)
+class NoteJob:
+    """Add a line to a Buildkite job's timeline (Stacks API notifications)."""
+
+    queue: str
+    buildkite_job: str
+    detail: str
+    kind: Literal["note"] = "note"
+
+
+@dataclass(frozen=True)
 class WarnQueue:
     """Tell the people waiting on a queue why nothing starts (dispatch mode)."""
 
@@ -153,7 +182,7 @@ class WarnQueue:
     kind: Literal["warn"] = "warn"
 
 
-Action = CreateJob | DeleteJob | FailJob | WarnQueue
+Action = CreateJob | DeleteJob | FailJob | NoteJob | WarnQueue
 
 
 @dataclass
@@ -201,6 +230,17 @@ def _stuck_reason(job: JobView, queue: DispatchedQueue) -> str:
     return f"pod of Job {job.name} did not start within {queue.dispatch.pod_start_timeout_seconds:.0f}s: {why}"
 
 
+def reason_code(waiting_reason: str | None) -> str:
+    """The Kubernetes reason of a waiting reason (``FailedCreate: …`` -> ``FailedCreate``)."""
+    if not waiting_reason:
+        return "unknown"
+    return waiting_reason.split(":", 1)[0].strip() or "unknown"
+
+
+def _stuck_delete(job: JobView, queue: DispatchedQueue, reason: str) -> DeleteJob:
+    return DeleteJob(queue.name, job.name, reason, code=reason_code(job.waiting_reason))
+
+
 def plan_queue(
     queue: DispatchedQueue,
     demand: Demand,
@@ -238,7 +278,7 @@ def _plan_dispatch(
     for job in jobs:
         if _stuck(job, queue, now):
             reason = _stuck_reason(job, queue)
-            plan.actions.append(DeleteJob(queue.name, job.name, reason))
+            plan.actions.append(_stuck_delete(job, queue, reason))
             memory.stuck_dispatches += 1
             stuck_now = True
             if memory.stuck_dispatches >= 2:
@@ -316,16 +356,13 @@ def _plan_exact(
 ) -> Plan:
     plan = Plan(queue=queue.name)
     seen = {j.buildkite_job for j in jobs if j.buildkite_job}
-    # A Job we created shows up in the next listing; until then, remember it ourselves.
-    for uuid, at in list(memory.just_dispatched.items()):
-        if uuid in seen or now - at > max(60.0, queue.dispatch.pod_start_timeout_seconds):
-            del memory.just_dispatched[uuid]
+    _forget_listed(memory, seen, queue, now)
     live: list[JobView] = []
     retry: list[tuple[str, int]] = []
     for job in jobs:
         if job.buildkite_job and _stuck(job, queue, now):
             reason = _stuck_reason(job, queue)
-            plan.actions.append(DeleteJob(queue.name, job.name, reason))
+            plan.actions.append(_stuck_delete(job, queue, reason))
             attempts = memory.stuck_attempts.get(job.buildkite_job, 0) + 1
             memory.stuck_attempts[job.buildkite_job] = attempts
             if attempts >= 2:
@@ -333,6 +370,7 @@ def _plan_exact(
                 memory.given_up.add(job.buildkite_job)
             else:
                 retry.append((job.buildkite_job, job.attempt + 1))
+                plan.actions.append(NoteJob(queue.name, job.buildkite_job, f"{reason}; retrying"))
             continue
         live.append(job)
     listed = {j.buildkite_job for j in live if j.buildkite_job}
@@ -340,7 +378,8 @@ def _plan_exact(
     active = sum(1 for j in live if not j.finished) + len(set(memory.just_dispatched) - listed)
     dispatched = listed | set(memory.just_dispatched)
     plan.supply = active
-    waiting = [w for w in demand.jobs if w.uuid not in dispatched and w.uuid not in memory.given_up]
+    waiting = [w for w in _waiting(demand, memory) if w.uuid not in dispatched]
+    waiting = [w for w in waiting if w.uuid not in memory.given_up]
     plan.unmet = len(waiting) + len(retry)
     if demand.paused:
         plan.notes.append("queue dispatch is paused in Buildkite")
@@ -362,11 +401,62 @@ def _plan_exact(
                 attempt=attempt,
             )
         )
-        memory.just_dispatched[uuid] = now
     if any(isinstance(a, CreateJob) for a in plan.actions):
         memory.last_dispatch_id = dispatch_id
         memory.last_dispatch_at = now
     return plan
+
+
+def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, now: float) -> None:
+    """Forget what a listing now shows, or what has lapsed.
+
+    Jobs we created show up in a listing; until then we remember them ourselves.  A
+    remembered reservation ends with its Job, or when it lapses (Buildkite lists the job
+    again then, if nobody took it).
+    """
+    for uuid, at in list(memory.just_dispatched.items()):
+        if uuid in seen or now - at > max(60.0, queue.dispatch.pod_start_timeout_seconds):
+            del memory.just_dispatched[uuid]
+    for uuid, reservation in list(memory.reserved.items()):
+        if uuid in seen or uuid in memory.just_dispatched or now >= reservation.until:
+            del memory.reserved[uuid]
+
+
+def _waiting(demand: Demand, memory: QueueMemory) -> list[WaitingJob]:
+    """The jobs Buildkite lists, and those we reserved but could not start (not listed)."""
+    listed = {w.uuid for w in demand.jobs}
+    return list(demand.jobs) + [r.job for u, r in memory.reserved.items() if u not in listed]
+
+
+#: Buildkite job states in which an agent that has not started has nothing left to do.
+DONE_STATES = frozenset(
+    {"canceling", "canceled", "finished", "timing_out", "timed_out", "skipped", "broken", "expired"}
+)
+
+
+def unstarted_exact_jobs(jobs: Iterable[JobView]) -> list[JobView]:
+    """Exact-mode Jobs none of whose pods has started: the ones a cancel may concern."""
+    return [j for j in jobs if j.buildkite_job and not j.finished and j.started == 0]
+
+
+def cancelled_jobs(
+    queue: DispatchedQueue, jobs: Iterable[JobView], states: dict[str, str]
+) -> list[DeleteJob]:
+    """Delete the unstarted Jobs of Buildkite jobs that ended without them (canceled, …).
+
+    An agent already running its job is told by Buildkite itself (it polls its job's
+    state and stops), so only Jobs whose pods have not started are deleted.
+    """
+    return [
+        DeleteJob(
+            queue.name,
+            job.name,
+            f"Buildkite job {job.buildkite_job} is {states[job.buildkite_job]} before its agent started",
+            cause="canceled",
+        )
+        for job in unstarted_exact_jobs(jobs)
+        if job.buildkite_job and states.get(job.buildkite_job) in DONE_STATES
+    ]
 
 
 def remember_from_jobs(memory: QueueMemory, jobs: Iterable[JobView]) -> None:

@@ -158,7 +158,8 @@ def test_the_loop_reads_the_cache_and_sees_its_own_jobs_at_once() -> None:
             api.close()
     assert ("list_jobs", OUR_JOBS) not in kube.calls
     reads = dispatcher.metrics.registry.get_sample_value
-    assert reads("stackgen_job_reads_total", {"source": "cache"}) == 2
+    # One read per lane and cycle: builds (the metrics lane) and deploy (its own lane).
+    assert reads("stackgen_job_reads_total", {"source": "cache"}) == 4
     queues = sorted(j["metadata"]["labels"][LABEL_QUEUE] for j in kube.objects["jobs"].values())
     assert queues == ["builds", "deploy", "deploy"]  # the second cycle counted them all
     assert sorted(j["metadata"]["name"] for j in informer.snapshot()) == sorted(

@@ -14,9 +14,12 @@ from stackgen.dispatcher.planner import (
     Demand,
     FailJob,
     JobView,
+    NoteJob,
     QueueMemory,
+    Reservation,
     WaitingJob,
     WarnQueue,
+    cancelled_jobs,
     job_name,
     plan_queue,
     remember_from_jobs,
@@ -188,8 +191,11 @@ def test_exact_mode_one_job_per_buildkite_job_never_twice() -> None:
     ]  # maxAgents 3, oldest first
     assert all(c.parallelism == 1 for c in made)
     assert len({c.name for c in made}) == 3
-    # Next cycle: the Jobs are not listed yet, Buildkite still lists the jobs (no reservation
-    # seen): memory alone prevents a second dispatch.
+    # The loop records the Jobs it created.  Next cycle: they are not listed yet,
+    # Buildkite still lists the jobs (no reservation seen): memory alone prevents a
+    # second dispatch.
+    for c in made:
+        memory.just_dispatched[c.buildkite_job or ""] = NOW
     plan = plan_queue(EXACT, Demand(jobs=waiting), [], memory, NOW + 1, "ffff0007")
     assert creates(plan.actions) == []  # capacity is 3 - 0 listed... but all 3 remembered
     listed = [
@@ -208,6 +214,54 @@ def test_exact_mode_one_job_per_buildkite_job_never_twice() -> None:
     done = [replace(j, succeeded=1, finished=True) for j in listed]
     plan = plan_queue(EXACT, Demand(jobs=waiting[3:]), done, memory, NOW + 3, "ffff0009")
     assert [c.buildkite_job for c in creates(plan.actions)] == [w.uuid for w in waiting[3:]]
+
+
+def test_exact_mode_jobs_whose_creates_failed_are_planned_again() -> None:
+    """Nothing counts as supply unless its Job exists: a plan the loop could not carry
+    out (a reserve 429, a Kubernetes 500 ...) is made again by the next cycle."""
+    memory = QueueMemory()
+    waiting = (WaitingJob("33333333-aaaa-bbbb-cccc-dddddddddddd", NOW - 5),)
+    first = plan_queue(EXACT, Demand(jobs=waiting), [], memory, NOW, "ffff0001")
+    assert [c.buildkite_job for c in creates(first.actions)] == [waiting[0].uuid]
+    # The creates failed (nothing recorded); the retry plans the same job, and no
+    # phantom agent counts as supply.
+    again = plan_queue(EXACT, Demand(jobs=waiting), [], memory, NOW + 1, "ffff0002")
+    assert [c.buildkite_job for c in creates(again.actions)] == [waiting[0].uuid]
+    assert again.supply == 0 and again.unmet == 1
+
+
+def test_exact_mode_plans_jobs_it_reserved_although_buildkite_hides_them() -> None:
+    """Buildkite omits jobs we reserved from its list: the ones we could not start yet
+    (tokens failed, Kubernetes failed) are planned from memory until they lapse."""
+    uuid = "44444444-aaaa-bbbb-cccc-dddddddddddd"
+    memory = QueueMemory()
+    memory.reserved[uuid] = Reservation(WaitingJob(uuid, NOW - 20), until=NOW + 30)
+    plan = plan_queue(EXACT, Demand(jobs=()), [], memory, NOW, "ffff0003")
+    assert [c.buildkite_job for c in creates(plan.actions)] == [uuid]
+    assert plan.unmet == 1
+    # Once its Job is listed, the memory is dropped; so it is when it lapses.
+    view = JobView("j", "deploy", "ffff0003", NOW, 1, buildkite_job=uuid)
+    plan = plan_queue(EXACT, Demand(jobs=()), [view], memory, NOW + 1, "ffff0004")
+    assert creates(plan.actions) == [] and memory.reserved == {}
+    memory.reserved[uuid] = Reservation(WaitingJob(uuid), until=NOW + 30)
+    plan = plan_queue(EXACT, Demand(jobs=()), [], memory, NOW + 31, "ffff0005")
+    assert creates(plan.actions) == [] and memory.reserved == {}
+
+
+def test_cancelled_jobs_are_deleted_only_before_their_pods_start() -> None:
+    def view(name: str, uuid: str, **kw: object) -> JobView:
+        return JobView(name, "deploy", "d", NOW, 1, buildkite_job=uuid, **kw)  # type: ignore[arg-type]
+
+    views = [
+        view("pending", "u1"),
+        view("running", "u2", ready=1),
+        view("done", "u3", succeeded=1, finished=True),
+        view("other", "u4"),
+    ]
+    states = {"u1": "canceled", "u2": "canceled", "u3": "canceled", "u4": "scheduled"}
+    (delete,) = cancelled_jobs(EXACT, views, states)
+    assert delete.name == "pending" and delete.cause == "canceled"
+    assert "u1 is canceled" in delete.reason
 
 
 def test_exact_mode_after_restart_uses_job_labels() -> None:
@@ -238,8 +292,11 @@ def test_exact_mode_stuck_pod_retried_once_then_failed_on_buildkite() -> None:
         waiting_reason="ErrImagePull: image not found",
     )
     plan = plan_queue(EXACT, Demand(jobs=()), [stuck], memory, NOW, "b")
-    assert [type(a) for a in plan.actions] == [DeleteJob, CreateJob]
-    assert plan.actions[1].attempt == 2  # type: ignore[union-attr]
+    assert [type(a) for a in plan.actions] == [DeleteJob, NoteJob, CreateJob]
+    assert plan.actions[0].code == "ErrImagePull"  # type: ignore[union-attr]
+    # The job's timeline says why, and that it is tried again.
+    assert "ErrImagePull: image not found; retrying" in plan.actions[1].detail  # type: ignore[union-attr]
+    assert plan.actions[2].attempt == 2  # type: ignore[union-attr]
     second = replace(stuck, name="j2", created_at=NOW, attempt=2)
     plan = plan_queue(EXACT, Demand(jobs=(WaitingJob(uuid),)), [second], memory, NOW + 400, "c")
     assert [type(a) for a in plan.actions] == [DeleteJob, FailJob]
