@@ -1,7 +1,10 @@
 """The HTTPS server and the process around it (standard library HTTP, one thread per connection).
 
 Each accepted connection is wrapped with the current TLS context and handshakes in its own
-thread, so a slow or hostile client never stalls the accept loop.  Every request outside
+thread, so a slow or hostile client never stalls the accept loop.  The server is a
+:class:`~stackgen.common.httpserve.GuardedServer`: at most :data:`MAX_CONNECTIONS` at once,
+the handshake and each request within :data:`REQUEST_SECONDS`, an idle keep-alive
+connection closed after :data:`IDLE_SECONDS`, errors logged as JSON.  Every request outside
 :data:`~stackgen.adapter.api.PUBLIC_PATHS` must pass
 :func:`~stackgen.adapter.auth.authenticate`; the rest is :class:`~stackgen.adapter.api.AdapterAPI`.
 """
@@ -17,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,6 +45,7 @@ from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import POLL_INTERVAL, MetricStore
 from stackgen.adapter.telemetry import CONTENT_TYPE, Telemetry
 from stackgen.adapter.tls import ServerTLS
+from stackgen.common.httpserve import GuardedHandler, GuardedServer
 from stackgen.common.logs import get_logger
 from stackgen.common.names import METRICS_ADAPTER
 
@@ -50,14 +53,18 @@ __all__ = ["AdapterServer", "AdapterSettings", "RequestHeaderFlags", "run"]
 
 _MAX_BODY = 64 * 1024
 _HANDSHAKE_TIMEOUT = 10.0
+#: Connections served at once (the API aggregator keeps a few open; probes come and go).
+MAX_CONNECTIONS = 64
+#: The TLS handshake and each request (line, headers, body) must arrive within this.
+REQUEST_SECONDS = 10.0
+#: An idle keep-alive connection is closed after this.
+IDLE_SECONDS = 120.0
 
 
-class AdapterServer(ThreadingHTTPServer):
+class AdapterServer(GuardedServer):
     """HTTPS server: TLS per connection, front-proxy authentication per request."""
 
-    daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
 
     def __init__(
         self,
@@ -67,6 +74,10 @@ class AdapterServer(ThreadingHTTPServer):
         auth: Callable[[], RequestHeaderConfig | None],
         router: Router | None = None,
         telemetry: Telemetry | None = None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_seconds: float = REQUEST_SECONDS,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
@@ -78,7 +89,14 @@ class AdapterServer(ThreadingHTTPServer):
         self.log = get_logger()
         self.refused_handshakes = 0
         self._count_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(
+            address,
+            _Handler,
+            max_connections=max_connections,
+            request_seconds=request_seconds,
+            idle_seconds=idle_seconds,
+            log=get_logger(),
+        )
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the address (slow, useless here)."""
@@ -118,14 +136,13 @@ class AdapterServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     protocol_version = "HTTP/1.1"
     server_version = METRICS_ADAPTER
     sys_version = ""
     # Headers and body are separate writes: without TCP_NODELAY a keep-alive answer waits
     # ~40 ms for Nagle's algorithm and the client's delayed ACK.
     disable_nagle_algorithm = True
-    timeout = 120  # idle keep-alive connections are closed after this
     server: AdapterServer
 
     def setup(self) -> None:
@@ -219,9 +236,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Request lines go through structlog (see ``_serve``), never to stderr raw."""
 
 
 # --------------------------------------------------------------------------- the process

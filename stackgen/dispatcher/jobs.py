@@ -2,15 +2,18 @@
 
 A Job is made from the suspended CronJob's jobTemplate as
 ``kubectl create job --from=cronjob/NAME`` makes it: the template's spec, labels and
-annotations, plus ``cronjob.kubernetes.io/instantiate: manual`` and an owner reference
-to the CronJob.  One deliberate difference: the owner reference is not a *controller*
-reference, so the CronJob controller neither lists our Jobs in its status (which would
-grow with every dispatch) nor prunes them by its history limits; the garbage collector
-still deletes them with the CronJob.
+annotations, plus ``cronjob.kubernetes.io/instantiate: manual``.  One deliberate
+difference: no owner reference to the CronJob.  Owned Jobs would be garbage-collected
+with their template, so removing a queue (a prune, a rename, ``kubectl delete``) would
+kill every running build of it; unowned, they drain: running agents finish their jobs,
+nothing new is dispatched without a template, and each Job goes by its own
+``activeDeadlineSeconds`` and ``ttlSecondsAfterFinished`` (the CronJob controller never
+lists or prunes them either).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +31,8 @@ LABEL_WARM = "stackgen.io/warm"
 ANNOTATION_QUEUE = "stackgen.io/queue"
 #: Every Job the dispatcher made carries a dispatch ID: the selector for "ours".
 OUR_JOBS = LABEL_DISPATCH_ID
+#: The events that say why a Job has no pods (FailedCreate: exceeded quota, …).
+JOB_WARNINGS = "involvedObject.kind=Job,type=Warning"
 IDLE_FLAG = "--disconnect-after-idle-timeout"
 #: Pods are read for a Job this close to its pod start timeout, so a stuck Job's reason
 #: (Unschedulable, ErrImagePull, …) is known when the planner gives up on it.
@@ -89,14 +94,6 @@ def build_job(
         container.setdefault("volumeMounts", []).append(
             {"name": "git-mirror", "mountPath": mirror_path, "readOnly": True}
         )
-    owner = {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "name": cronjob["metadata"]["name"],
-        "uid": cronjob["metadata"]["uid"],
-        "controller": False,
-        "blockOwnerDeletion": False,
-    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -104,7 +101,6 @@ def build_job(
             "name": action.name,
             "labels": {**(meta.get("labels") or {}), **ours},
             "annotations": annotations,
-            "ownerReferences": [owner],
         },
         "spec": spec,
     }
@@ -231,7 +227,31 @@ def list_views(
     views = job_views(jobs, (), queues)
     if _pods_needed(jobs, views, queues, now):
         views = job_views(jobs, kube.list_pods(OUR_JOBS), queues)
+        if any(_near_timeout(v, queues, now) and not v.waiting_reason for v in views):
+            views = _with_job_events(kube, views)
     return views
+
+
+def _with_job_events(kube: Kube, views: list[JobView]) -> list[JobView]:
+    """Reasons from the Jobs' own warnings, for Jobs that have no pod to say why.
+
+    A Job whose pods cannot even be created (a ResourceQuota, a LimitRange, an admission
+    webhook) has only its ``FailedCreate`` event to tell: read the Warning events about
+    Jobs (one list) and give each such view its newest.
+    """
+    newest: dict[str, tuple[str, str]] = {}
+    for event in kube.list_events(JOB_WARNINGS):
+        name = (event.get("involvedObject") or {}).get("name")
+        when = str(event.get("lastTimestamp") or event.get("eventTime") or "")
+        if name and when >= newest.get(name, ("", ""))[0]:
+            reason, message = event.get("reason") or "Warning", event.get("message") or ""
+            newest[name] = (when, f"{reason}: {message}".strip(": "))
+    return [
+        dataclasses.replace(v, waiting_reason=newest[v.name][1])
+        if not v.waiting_reason and v.name in newest
+        else v
+        for v in views
+    ]
 
 
 def _pods_needed(
@@ -241,15 +261,15 @@ def _pods_needed(
         status = job.get("status") or {}
         if status.get("ready") is None and int(status.get("active") or 0) > 0:
             return True
-    for view in views:
-        if view.finished or view.started > 0:
-            continue
-        if (
-            now - view.created_at
-            >= queues[view.queue].dispatch.pod_start_timeout_seconds - STUCK_MARGIN
-        ):
-            return True
-    return False
+    return any(_near_timeout(view, queues, now) for view in views)
+
+
+def _near_timeout(view: JobView, queues: dict[str, DispatchedQueue], now: float) -> bool:
+    """No pod of the Job started, and its pod start timeout is near (or past)."""
+    if view.finished or view.started > 0:
+        return False
+    timeout = queues[view.queue].dispatch.pod_start_timeout_seconds
+    return now - view.created_at >= timeout - STUCK_MARGIN
 
 
 def job_views(
@@ -310,9 +330,12 @@ def _pod_ready(pod: JSON) -> bool:
 
 
 def pod_waiting_reason(pod: JSON) -> str | None:
-    """Why a pending pod is not running, from its status (Unschedulable, ErrImagePull, …)."""
+    """Why a pod is not running (ready), from its status.
+
+    Unschedulable, ErrImagePull, a sidecar's CrashLoopBackOff, …
+    """
     status = pod.get("status") or {}
-    if status.get("phase") not in (None, "Pending"):
+    if status.get("phase") not in (None, "Pending", "Running"):
         return None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":

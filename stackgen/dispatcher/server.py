@@ -3,6 +3,10 @@
 Webhooks reaching a replica that is not the leader are passed on to the leader (its
 address is on the Lease), so a Service in front of all replicas loses none; when that
 fails the delivery is still answered 202: polling picks the job up anyway.
+
+The server is a :class:`~stackgen.common.httpserve.GuardedServer`: at most
+:data:`MAX_CONNECTIONS` connections at once, each with :data:`REQUEST_SECONDS` to send
+its request, bodies over :data:`MAX_BODY` refused unread, errors logged as JSON.
 """
 
 from __future__ import annotations
@@ -10,15 +14,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from stackgen.common.httpserve import GuardedHandler, GuardedServer
 from stackgen.dispatcher import webhook
 from stackgen.dispatcher.metrics import Metrics
 
 MAX_BODY = 1024 * 1024
+#: Connections served at once (probes, scrapes, webhooks: all short).
+MAX_CONNECTIONS = 64
+#: A connection has this long to send its whole request.
+REQUEST_SECONDS = 10.0
 
 
 class Endpoint:
@@ -48,6 +57,7 @@ class Endpoint:
         self.max_signature_age = max_signature_age
         self.clock = clock
         self.log = log
+        self.replays = webhook.ReplayGuard(max_signature_age)
 
     def handle_webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
         """Verify and act on one delivery; returns (HTTP status, message)."""
@@ -63,6 +73,11 @@ class Endpoint:
             if self.log is not None:
                 self.log.warning("webhook rejected", reason=str(exc))
             return 401, "unauthorized"
+        if not self.replays.first_time(headers, self.clock()):
+            self.metrics.webhooks.labels("replayed").inc()
+            if self.log is not None:
+                self.log.warning("webhook replayed: a signature already used, dropped")
+            return 200, "duplicate delivery ignored"
         try:
             event = webhook.parse(headers, body)
         except ValueError:
@@ -108,7 +123,7 @@ class Endpoint:
 def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to ``endpoint``."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(GuardedHandler):
         disable_nagle_algorithm = True  # answers are small: do not wait for delayed ACKs
         server_version = "stackgen-dispatcher"
         sys_version = ""
@@ -142,14 +157,12 @@ def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 length = -1
             if length < 0 or length > MAX_BODY:
+                self.close_connection = True  # the body is never read
                 self._send(413, b"body too large\n")
                 return
             body = self.rfile.read(length)
             status, message = endpoint.handle_webhook(dict(self.headers.items()), body)
             self._send(status, (message + "\n").encode())
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # access logs would be noise; webhook outcomes are logged and counted
 
     return Handler
 
@@ -157,9 +170,23 @@ def make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
 class Server:
     """The HTTP server, in a daemon thread."""
 
-    def __init__(self, endpoint: Endpoint, host: str, port: int) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(endpoint))
-        self.httpd.daemon_threads = True
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_seconds: float = REQUEST_SECONDS,
+    ) -> None:
+        self.httpd = GuardedServer(
+            (host, port),
+            make_handler(endpoint),
+            max_connections=max_connections,
+            request_seconds=request_seconds,
+            idle_seconds=request_seconds,  # HTTP/1.0: one request per connection
+            log=endpoint.log,
+        )
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
     @property

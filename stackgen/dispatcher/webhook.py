@@ -4,8 +4,10 @@ A delivery is trusted when it carries either ``X-Buildkite-Token`` equal to the 
 token, or ``X-Buildkite-Signature: timestamp=<unix>,signature=<hex>`` where the
 signature is HMAC-SHA256(key=token, message="<timestamp>.<raw body>") and the timestamp
 is no older (nor further in the future) than the allowed age.  Anything else is
-refused.  A verified event only triggers an early cycle: polling stays on, so a lost or
-refused delivery strands nothing.
+refused.  A signed delivery is good once: its signature is remembered while its
+timestamp is within the allowed age (:class:`ReplayGuard`), and a repeat is dropped.  A
+verified event only triggers an early cycle: polling stays on, so a lost or refused
+delivery strands nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Signatures remembered at most (a full guard forgets the oldest first).
+MAX_REMEMBERED = 10_000
 
 
 class WebhookRejected(Exception):
@@ -48,8 +55,7 @@ def verify(
         raise WebhookRejected("no webhook token configured")
     signature = _header(headers, "X-Buildkite-Signature")
     if signature is not None:
-        fields = dict(part.strip().split("=", 1) for part in signature.split(",") if "=" in part)
-        stamp, digest = fields.get("timestamp", ""), fields.get("signature", "")
+        stamp, digest = _signature(signature)
         if not stamp.isdigit() or not digest:
             raise WebhookRejected("malformed X-Buildkite-Signature")
         expected = hmac.new(
@@ -65,6 +71,44 @@ def verify(
         raise WebhookRejected("neither X-Buildkite-Signature nor X-Buildkite-Token present")
     if not hmac.compare_digest(presented.encode(), token.encode()):
         raise WebhookRejected("token does not match")
+
+
+def _signature(header: str) -> tuple[str, str]:
+    """(timestamp, signature) of an ``X-Buildkite-Signature`` header."""
+    fields = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
+    return fields.get("timestamp", ""), fields.get("signature", "").lower()
+
+
+class ReplayGuard:
+    """The signatures of deliveries accepted while they are still valid: a repeat is a replay.
+
+    A signature is remembered until its timestamp is older than the allowed age (then
+    :func:`verify` refuses it as stale anyway), and at most :data:`MAX_REMEMBERED` of them.
+    Deliveries that carry the token instead of a signature cannot be told apart from a
+    repeat: Buildkite's signature is what makes a delivery unique.
+    """
+
+    def __init__(self, max_age: float, limit: int = MAX_REMEMBERED) -> None:
+        self.max_age = max_age
+        self.limit = limit
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, headers: Mapping[str, str], now: float) -> bool:
+        """Remember a verified delivery's signature; False when it was seen before."""
+        header = _header(headers, "X-Buildkite-Signature")
+        if header is None:
+            return True
+        stamp, digest = _signature(header)
+        with self._lock:
+            while self._seen and next(iter(self._seen.values())) < now:
+                self._seen.popitem(last=False)  # no longer valid: verify refuses it as stale
+            if digest in self._seen:
+                return False
+            self._seen[digest] = int(stamp) + self.max_age
+            while len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
+            return True
 
 
 def _queues(rules: object) -> tuple[str, ...]:
