@@ -131,3 +131,39 @@ def test_follower_forwards_to_the_leader(leader: tuple[Server, Recorder]) -> Non
         assert leader_recorder.triggers == [("builds",)]
     finally:
         follower.stop()
+
+
+def test_a_replayed_signed_delivery_is_dropped(leader: tuple[Server, Recorder]) -> None:
+    server, recorder = leader
+    url = f"http://127.0.0.1:{server.port}/webhook"
+    body = body_for("builds")
+    signed = {
+        "X-Buildkite-Event": "job.scheduled",
+        "X-Buildkite-Signature": sign_webhook(body, SECRET, int(time.time())),
+        "Content-Type": "application/json",
+    }
+    first = httpx.post(url, content=body, headers=signed)
+    again = httpx.post(url, content=body, headers=signed)  # the same delivery, replayed
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert recorder.triggers == [("builds",)]
+    # A new delivery (its own timestamp, so its own signature) is accepted as usual.
+    later = dict(
+        signed, **{"X-Buildkite-Signature": sign_webhook(body, SECRET, int(time.time()) + 1)}
+    )
+    assert httpx.post(url, content=body, headers=later).status_code == 202
+    assert recorder.triggers == [("builds",), ("builds",)]
+    metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+    assert 'stackgen_webhooks_total{result="replayed"} 1.0' in metrics
+
+
+def test_the_replay_guard_forgets_signatures_once_they_are_stale_and_stays_bounded() -> None:
+    guard = webhook.ReplayGuard(max_age=300, limit=3)
+    headers = [{"X-Buildkite-Signature": f"timestamp=1000,signature={n:064x}"} for n in range(5)]
+    assert guard.first_time(headers[0], now=1000)
+    assert not guard.first_time(headers[0], now=1200)
+    for h in headers[1:]:
+        assert guard.first_time(h, now=1200)
+    assert len(guard._seen) == 3  # bounded: the oldest went first
+    # Past its validity (verify refuses it as stale then), a signature is forgotten.
+    assert guard.first_time(headers[4], now=1301) is True
+    assert len(guard._seen) == 1
