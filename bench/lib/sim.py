@@ -930,14 +930,17 @@ class Dispatcher:
         dispatch_id = f"{next(self.ids):08x}"
         writes = 0
         # Demand: one metrics call (dispatch) or a scheduled-jobs call per queue (exact),
-        # then the Job and Pod lists; the Job template is read before creating.
-        clock = sim.now + (p.buildkite_rtt if self.s.mode == "dispatch" else 0.0)
+        # then the Job and Pod lists; the Job template is read before creating.  The loop
+        # runs its lanes at once (stackgen.dispatcher.lanes): every dispatch queue waits
+        # for the one metrics call and is acted on in turn; each exact queue is a lane of
+        # its own, so its list and its creates start when the cycle does.
+        lane_start = sim.now + p.buildkite_rtt + 2 * p.kube_rtt
+        clock = lane_start
+        for queue in queues:
+            self.schedule.polled(queue, sim.now)
         for queue in queues:
             if self.s.mode == "exact":
-                clock += p.buildkite_rtt
-            self.schedule.polled(queue, sim.now)
-        clock += 2 * p.kube_rtt
-        for queue in queues:
+                clock = lane_start
             cfg = self.configs[queue]
             if self.s.mode == "exact":
                 jobs = tuple(
@@ -952,6 +955,7 @@ class Dispatcher:
                 cfg, demand, views, self.memory[queue], sim.now, dispatch_id, announced=announced
             )
             self.schedule.planned(cfg, demand, plan, sim.now)  # cooldown, pickup rechecks
+            self.schedule.succeeded(queue)  # no faults in the simulated world
             creates = [a for a in plan.actions if isinstance(a, CreateJob)]
             for action in plan.actions:
                 if isinstance(action, DeleteJob):
@@ -985,6 +989,9 @@ class Dispatcher:
                     clock += step  # the job-acquisition-token Secret
                     writes += 1
                 self._job_controller(kube_job, clock)
+            # Exact mode then extends the created jobs' reservations (one more Buildkite
+            # call, after the Jobs exist: it delays none of them) and, once per poll
+            # period while Jobs wait for their pods, asks for canceled jobs (none here).
         sim.stats.own_writes += writes
         sim.stats.cycle_writes.append(writes)
         self._schedule_poll()
