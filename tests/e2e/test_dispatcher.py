@@ -383,7 +383,6 @@ def test_webhook_triggers_dispatch_before_the_next_poll(
 def test_leader_failover_and_restart_without_duplicates(
     cluster: Cluster,
     fake: FakeBuildkite,
-    fake_clock: OffsetClock,
     tmp_path: Path,
     processes: list[DispatcherProcess],
 ) -> None:
@@ -429,15 +428,16 @@ def test_leader_failover_and_restart_without_duplicates(
     )
     takeover = time.time() - killed_at
     assert takeover <= 6 + 4  # within the lease duration (+ one retry period and slack)
-    # Reservations of jobs the dead leader reserved but never created Jobs for expire;
-    # move the fake's clock past them: every job gets exactly one Job.
+    # Jobs the dead leader reserved but made no Job for are hidden by Buildkite only for
+    # the short reservation (30 s), not the pod start timeout: every job gets exactly one
+    # Job, on the real clock.
     with Agents(cluster, fake, stack.namespace):
-        fake_clock.offset += 600
         wait_for(
             lambda: all(fake.job(u).state != "scheduled" for u in deploys) or None,
-            timeout=60,
+            timeout=120,
             what="all 30 exact jobs dispatched after the failover",
         )
+    served = time.time() - killed_at
     jobs = cluster.items("jobs", namespace=stack.namespace, selector="stackgen.io/buildkite-job")
     per_job: dict[str, int] = {}
     for job in jobs:
@@ -445,9 +445,10 @@ def test_leader_failover_and_restart_without_duplicates(
         per_job[uuid] = per_job.get(uuid, 0) + 1
     assert sorted(per_job) == sorted(deploys)
     assert max(per_job.values()) == 1, "a Buildkite job was dispatched twice"
-    print(f"\nleader failover took {takeover:.1f}s (lease 6 s)")
+    print(f"\nleader failover took {takeover:.1f}s (lease 6 s); all jobs served {served:.1f}s")
     data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     data["failover_seconds"] = round(takeover, 2)
+    data["failover_all_jobs_served_seconds"] = round(served, 2)
     FIGURES.write_text(json.dumps(data, indent=2) + "\n")
 
 
