@@ -152,7 +152,9 @@ class Dispatcher:
         while not stop.is_set():
             self.last_loop = self.clock()
             self._wake.clear()
-            idle = self._idle_queues()
+            # A follower's queues stay due (it serves none): it waits for a trigger (a
+            # leadership change) or a second, instead of spinning on them.
+            idle = self._idle_queues() if self.is_leader() else []
             wake_at = self.schedule.wake_at(self.clock(), idle) if idle else self.clock() + 1
             self._wake.wait(max(0.0, min(wake_at - self.clock(), 1.0)))
             if stop.is_set():

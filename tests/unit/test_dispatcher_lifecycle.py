@@ -223,6 +223,29 @@ def test_the_cycle_a_new_leader_runs_is_counted_as_leadership_and_keeps_the_cool
     assert len(kube.objects["jobs"]) == 1  # a leadership change is not news: cooldown holds
 
 
+def test_a_follower_waits_instead_of_spinning_on_queues_it_does_not_serve(
+    api: AgentAPI, kube: FakeKube
+) -> None:
+    dispatcher = Dispatcher(from_dict(config_dict()), api, kube, is_leader=lambda: False)
+    real_clock = dispatcher.clock
+    loops = {"n": 0}
+
+    def clock() -> float:
+        loops["n"] += 1
+        return real_clock()
+
+    dispatcher.clock = clock  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    stop.wait(1.5)
+    stop.set()
+    thread.join(5)
+    # About one turn a second (the health check's heartbeat), not thousands.
+    assert loops["n"] < 50, f"{loops['n']} clock reads in 1.5 s: the loop spins"
+    assert kube.objects["jobs"] == {}
+
+
 def test_labelled_metrics_exist_at_zero_from_the_start(
     api: AgentAPI, kube: FakeKube, clock: VirtualClock
 ) -> None:
