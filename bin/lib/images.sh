@@ -108,7 +108,7 @@ rootfs_tar() {
         image_packages "$1"
         echo "recipe=$ROOTFS_RECIPE"
     } | sha256sum | cut -c1-12)
-    echo "$ROOTFS_CACHE/$1-$key.tar"
+    echo "$ROOTFS_CACHE/${1//\//-}-$key.tar"
 }
 
 # ensure_rootfs NAME: make NAME's root file system tarball unless it is cached: the minbase
@@ -121,7 +121,7 @@ ensure_rootfs() {
     need_root "a root file system"
     local tmp pkgs t
     mapfile -t pkgs < <(image_packages "$name")
-    tmp=$(mktemp -d "$ROOTFS_CACHE/.tmp.$name.XXXXXX")
+    tmp=$(mktemp -d "$ROOTFS_CACHE/.tmp.${name//\//-}.XXXXXX")
     mkdir "$tmp/root"
     tar --numeric-owner -C "$tmp/root" -xf "$(minbase_tar)"
     cp /etc/resolv.conf "$tmp/root/etc/resolv.conf"
@@ -159,16 +159,16 @@ ensure_rootfs() {
     rm -f "$tmp.log"
     say "    rootfs $name: $(du -m "$out" | cut -f1) MB in $(fmt_ms $(($(now_ms) - t)))"
     # Tarballs of NAME made with another key are stale.
-    find "$ROOTFS_CACHE" -maxdepth 1 -name "$name-*.tar" ! -path "$out" -delete
+    find "$ROOTFS_CACHE" -maxdepth 1 -name "${name//\//-}-????????????.tar" ! -path "$out" -delete
 }
 
 # rootfs_image NAME: `docker import` NAME's rootfs tarball (once) and print the image's name,
 # stackgen.local/rootfs-NAME:<key>.
 rootfs_image() {
     local name=$1 tar ref
-    ensure_rootfs "$name"
+    ensure_rootfs "$name" >&2 # (progress on stderr: stdout is the image's name)
     tar=$(rootfs_tar "$name")
-    ref="$IMAGE_PREFIX/rootfs-$name:$(basename "$tar" .tar | sed "s/^$name-//")"
+    ref="$IMAGE_PREFIX/rootfs-${name//\//-}:$(basename "$tar" .tar | sed "s/^${name//\//-}-//")"
     if ! docker image inspect "$ref" >/dev/null 2>&1; then
         docker import "$tar" "$ref" >/dev/null
     fi
@@ -179,9 +179,20 @@ rootfs_image() {
 docker_build() {
     local tag=$1 ctx=$2
     shift 2
-    say "    docker build -t $tag ${ctx#"$ROOT"/}"
-    DOCKER_BUILDKIT=0 docker build --quiet --force-rm -t "$tag" "$@" "$ctx" >/dev/null ||
+    local log old
+    say "    docker build -t $tag"
+    old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
+    log=$(mktemp)
+    if ! DOCKER_BUILDKIT=0 docker build --force-rm -t "$tag" "$@" "$ctx" >"$log" 2>&1; then
+        grep -v -e '^DEPRECATED' -e '^ *BuildKit is' -e '^ *environment-variable' "$log" | tail -n 25 >&2
+        rm -f "$log"
         die "docker build of $tag failed"
+    fi
+    rm -f "$log"
+    # The image this tag named before is garbage now (unless something else uses it).
+    if [[ -n $old && $old != "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
 }
 
 # image_exists REF
