@@ -141,7 +141,7 @@ docker_cli_deb() {
 }
 key_image_agent() {
     echo "rootfs=$(basename "$(rootfs_tar buildkite-agent)") tag=$IMAGE_AGENT"
-    echo "agent=$(sha "$BIN/buildkite-agent" 2>/dev/null || echo none) files=$(hash_tree images/buildkite-agent/Dockerfile images/buildkite-agent/entrypoint.sh)"
+    echo "agent=$(file_ids "$BIN/buildkite-agent") files=$(hash_tree images/buildkite-agent/Dockerfile images/buildkite-agent/entrypoint.sh)"
 }
 outputs_image_agent() { echo "image:$IMAGE_AGENT"; }
 run_image_agent() {
@@ -283,6 +283,17 @@ run_kube_node() {
     mv "$work" "$TOOLS/src/kube-node-wrapper"
 }
 
+# ---------------------------------------------------------------- crictl
+# kind uses crictl in the node (`kind load` asks it which images are there already).
+key_crictl() { echo "crictl=$CRICTL_VERSION go=$(go_version) flags=trimpath,s,w"; }
+outputs_crictl() { echo "$KIND_NODE_BIN/crictl"; }
+run_crictl() {
+    require_go 24
+    go_install "$SCRATCH" "" "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+    mkdir -p "$KIND_NODE_BIN"
+    mv -f "$SCRATCH/crictl" "$KIND_NODE_BIN/crictl"
+}
+
 # ---------------------------------------------------------------- coredns
 key_coredns() { echo "coredns=$COREDNS_VERSION go=$(go_version) flags=trimpath,s,w"; }
 outputs_coredns() { echo "$KIND_NODE_BIN/coredns"; }
@@ -295,6 +306,15 @@ run_coredns() {
 }
 
 # ---------------------------------------------------------------- kind-node (the image)
+NODE_BIN_FILES=("$KIND_NODE_BIN"/{kubelet,kubeadm,kubectl,kube-proxy,coredns,crictl}
+    "$BIN"/{kube-apiserver,kube-controller-manager,kube-scheduler,etcd,stackgen-runc})
+
+# file_ids FILE...: a short key of the files' sizes and modification times (binaries are
+# replaced by a rename when rebuilt, so this changes when they do; hashing them takes seconds).
+file_ids() {
+    local f
+    for f in "$@"; do stat -c '%n %s %Y' "$f" 2>/dev/null || echo "$f none"; done | sha256sum | cut -c1-16
+}
 kind_module_dir() {
     (cd "$SCRATCH" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kind@$KIND_VERSION") |
         "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
@@ -302,12 +322,7 @@ kind_module_dir() {
 key_kind_node() {
     echo "tag=$KIND_LOCAL_NODE_IMAGE kind=$KIND_VERSION kubernetes=$KUBERNETES_VERSION coredns=$COREDNS_VERSION"
     echo "rootfs=$(basename "$(rootfs_tar kind-node)") $(basename "$(rootfs_tar kind-node/kube-proxy)") $(basename "$(rootfs_tar debian)")"
-    local b sums=()
-    for b in "${NODE_BINS[@]}" coredns; do sums+=("$(sha "$KIND_NODE_BIN/$b" 2>/dev/null || echo none)"); done
-    for b in kube-apiserver kube-controller-manager kube-scheduler etcd stackgen-runc; do
-        sums+=("$(sha "$BIN/$b" 2>/dev/null || echo none)")
-    done
-    echo "binaries=$(printf '%s\n' "${sums[@]}" | sha256sum | cut -c1-16)"
+    echo "binaries=$(file_ids "${NODE_BIN_FILES[@]}")"
     echo "files=$(hash_tree images/kind-node) recipe=1"
 }
 outputs_kind_node() { echo "image:$KIND_LOCAL_NODE_IMAGE"; }
@@ -315,11 +330,8 @@ run_kind_node() {
     need_docker
     require_go 24
     local b
-    for b in "${NODE_BINS[@]}" coredns; do
-        [[ -x $KIND_NODE_BIN/$b ]] || die "$KIND_NODE_BIN/$b is missing (bin/setup kube-node coredns)"
-    done
-    for b in kube-apiserver kube-controller-manager kube-scheduler etcd stackgen-runc; do
-        [[ -x $BIN/$b ]] || die "$BIN/$b is missing (bin/setup control-plane runc-wrapper)"
+    for b in "${NODE_BIN_FILES[@]}"; do
+        [[ -x $b ]] || die "$b is missing (bin/setup control-plane runc-wrapper kube-node crictl coredns)"
     done
     local src=$ROOT/images/kind-node base debian_ref kind_dir t
     debian_ref=$(rootfs_image debian)
@@ -371,7 +383,7 @@ run_kind_node() {
     mkdir -p "$ctx/kind-base" "$ctx/bin"
     cp -r --no-preserve=mode "$kind_dir/images/base/files/." "$ctx/kind-base/"
     cp -r "$src/files" "$src/Dockerfile" "$ctx/"
-    cp "$KIND_NODE_BIN"/{kubelet,kubeadm,kubectl} "$BIN/stackgen-runc" "$ctx/bin/"
+    cp "$KIND_NODE_BIN"/{kubelet,kubeadm,kubectl,crictl} "$BIN/stackgen-runc" "$ctx/bin/"
     echo "$KUBERNETES_VERSION" >"$ctx/version"
     base=$(rootfs_image kind-node)
     local stage="$IMAGE_PREFIX/kind-node-stage:${KUBERNETES_VERSION}"
