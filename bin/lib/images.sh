@@ -96,7 +96,7 @@ EOF
 image_packages() {
     local f="$ROOT/images/$1/packages"
     [[ -f $f ]] || return 0
-    sed -e 's/#.*//' "$f" | tr -s ' \t' '\n\n' | sed '/^$/d' | sort -u
+    sed -e 's/#.*//' "$f" | tr -s ' \t' '\n' | sed '/^$/d' | sort -u
 }
 
 # rootfs_tar NAME: the path of NAME's root file system tarball (its name carries its key:
@@ -131,6 +131,7 @@ ensure_rootfs() {
     say "    rootfs $name: apt-get upgrade + install ${pkgs[*]:-(nothing)} (log: ${tmp#"$ROOT"/}.log)"
     # A private mount namespace: /proc, /dev and the .deb cache are mounted for the chroot only
     # and disappear with the namespace, whatever happens.
+    # shellcheck disable=SC2016 # the script is expanded by the inner bash
     if ! unshare --mount --propagation private -- bash -euo pipefail -c '
         r=$1 debs=$2; shift 2
         mount -t proc proc "$r/proc"

@@ -17,7 +17,7 @@ key_runc_wrapper() { echo "go=$(go_version) src=$(hash_tree images/runc-wrapper)
 outputs_runc_wrapper() { echo "$BIN/stackgen-runc"; }
 run_runc_wrapper() {
     require_go 24
-    cd "$ROOT/images/runc-wrapper"
+    cd "$ROOT/images/runc-wrapper" || die "no images/runc-wrapper"
     say "    go test ./... (runc wrapper)"
     CGO_ENABLED=0 go test -count=1 ./... | sed 's/^/    /'
     CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$SCRATCH/stackgen-runc" .

@@ -155,7 +155,7 @@ setpriv --reuid git --regid git --init-groups env HOME=/srv/git \
 for _ in $(seq 50); do [[ -S $RUN/fcgi/fcgiwrap.sock ]] && break; sleep 0.1; done
 nginx -c /etc/git-server/nginx.conf -g 'daemon off;' &
 /usr/sbin/sshd -D -e -f "$RUN/sshd_config" &
-log "serving $(ls -d "$REPOS"/*.git 2>/dev/null | wc -l) repositories: ssh://git@$HOSTNAME_/~/NAME.git (git@$HOSTNAME_:NAME.git), https://$HOSTNAME_/NAME.git"
+log "serving $(find "$REPOS" -mindepth 1 -maxdepth 1 -name '*.git' | wc -l) repositories: ssh://git@$HOSTNAME_/~/NAME.git (git@$HOSTNAME_:NAME.git), https://$HOSTNAME_/NAME.git"
 set +e
 wait -n
 rc=$?
