@@ -123,7 +123,7 @@ docker_probe_image() {
     safe_rm_tree "$tmp" "$DOCKER_STATE"
 }
 
-# Can a privileged container start? (stderr of the failure on fd 3 for the caller)
+# Can a privileged container start? (prints docker's error when not)
 docker_privileged_works() { docker run --rm --privileged "$DOCKER_PROBE_IMAGE" /bin/true 2>&1; }
 
 docker_engine_fix_privileged() {
