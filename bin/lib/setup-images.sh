@@ -52,7 +52,8 @@ run_image_stackgen() {
     need_docker
     [[ -x $VENV/bin/python ]] || die "the venv step has not run (bin/setup venv)"
     local version
-    version=$("$VENV/bin/python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+    version=$("$VENV/bin/python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+        "$ROOT/pyproject.toml")
     [[ $IMAGE_STACKGEN == *":$version" ]] ||
         die "IMAGE_STACKGEN ($IMAGE_STACKGEN) does not carry pyproject.toml's version $version"
     local ctx=$SCRATCH/ctx base
@@ -197,7 +198,7 @@ git_server_smoke_test() {
     name="stackgen-git-server-check-$$"
     docker run -d --name "$name" -v "$cfg:/config:ro" -e GIT_SERVER_HOSTNAME=git-server \
         -e GIT_HTTP_USER=tester -e GIT_HTTP_PASSWORD=secret-pw "$IMAGE_GIT_SERVER" >/dev/null
-    cleanup_later docker rm -f "$name"
+    cleanup_later docker rm -f -v "$name"
     ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
     out=$(docker run --rm -v "$SCRATCH/client:/client:ro" --entrypoint bash \
         -e IP="$ip" "$IMAGE_GIT_SERVER" -c '
@@ -237,7 +238,7 @@ run_image_dind() {
     local name="stackgen-dind-check-$$" i
     docker run -d --privileged --name "$name" "$IMAGE_DIND" \
         dockerd --host=unix:///var/run/dind/docker.sock >/dev/null
-    cleanup_later docker rm -f "$name"
+    cleanup_later docker rm -f -v "$name"
     for i in $(seq 60); do
         docker exec "$name" docker --host=unix:///var/run/dind/docker.sock info >/dev/null 2>&1 && break
         if ((i == 60)) || [[ $(docker inspect -f '{{.State.Running}}' "$name") != true ]]; then
@@ -392,9 +393,11 @@ run_kind_node() {
     # 3. The component images into the node's containerd (k8s.io namespace, pinned, not
     # unpacked), in a container of the stage image (containerd started by hand, as kind's own
     # node-image build does), then committed as the node image.
+    local previous
+    previous=$(docker image inspect -f '{{.Id}}' "$KIND_LOCAL_NODE_IMAGE" 2>/dev/null || true)
     local c="stackgen-kind-node-build-$$"
     docker run -d --name "$c" --entrypoint sleep --security-opt seccomp=unconfined "$stage" infinity >/dev/null
-    cleanup_later docker rm -f "$c"
+    cleanup_later docker rm -f -v "$c"
     docker exec "$c" bash -c 'nohup containerd >/tmp/containerd.log 2>&1 &'
     local i
     for i in $(seq 30); do
@@ -425,7 +428,11 @@ run_kind_node() {
     docker stop -t 1 "$c" >/dev/null
     docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
         --change 'CMD []' "$c" "$KIND_LOCAL_NODE_IMAGE" >/dev/null
-    docker rm -f "$c" >/dev/null
+    docker rm -f -v "$c" >/dev/null
     docker rmi "$stage" >/dev/null
+    # The node image this tag named before is garbage now.
+    if [[ -n $previous && $previous != "$(docker image inspect -f '{{.Id}}' "$KIND_LOCAL_NODE_IMAGE")" ]]; then
+        docker rmi "$previous" >/dev/null 2>&1 || true
+    fi
     say "    $KIND_LOCAL_NODE_IMAGE: $(image_size_mb "$KIND_LOCAL_NODE_IMAGE") MB"
 }
