@@ -93,8 +93,16 @@ docker_engine_ensure() {
     [[ -f $DOCKER_CONFIG ]] || printf '{}\n' >"$DOCKER_CONFIG"
     say "    starting dockerd (data: ${DOCKER_STATE#"$ROOT"/}/data, log: ${DOCKER_LOG#"$ROOT"/})"
     # setsid: the daemon outlives this script and its terminal; the pid file is dockerd's own.
-    setsid dockerd --data-root "$DOCKER_STATE/data" --pidfile "$DOCKER_PIDFILE" \
-        --config-file "$DOCKER_CONFIG" >>"$DOCKER_LOG" 2>&1 </dev/null &
+    # It must not inherit our other descriptors: bin/setup's lock (fd 9) would stay held for
+    # as long as the daemon runs.
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec setsid dockerd --data-root "$DOCKER_STATE/data" --pidfile "$DOCKER_PIDFILE" \
+            --config-file "$DOCKER_CONFIG" >>"$DOCKER_LOG" 2>&1 </dev/null
+    ) &
     local deadline=$((SECONDS + 60))
     until docker_answers; do
         if ((SECONDS > deadline)) || ! kill -0 $! 2>/dev/null; then

@@ -172,6 +172,11 @@ rootfs_image() {
     ref="$IMAGE_PREFIX/rootfs-${name//\//-}:$(basename "$tar" .tar | sed "s/^${name//\//-}-//")"
     if ! docker image inspect "$ref" >/dev/null 2>&1; then
         docker import "$tar" "$ref" >/dev/null
+        # Root file systems of this image with another key are stale.
+        local stale
+        docker images --format '{{.Repository}}:{{.Tag}}' "${ref%:*}" | while read -r stale; do
+            [[ $stale == "$ref" ]] || docker rmi "$stale" >/dev/null 2>&1 || true
+        done
     fi
     echo "$ref"
 }
