@@ -18,13 +18,18 @@ if [[ -d /sys/kernel/security ]] && ! mountpoint -q /sys/kernel/security; then
     mount -t securityfs none /sys/kernel/security 2>/dev/null ||
         echo "dind: could not mount securityfs (AppArmor profiles unavailable)" >&2
 fi
-if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
-    # cgroup v2: move ourselves out of the root cgroup, then hand every controller down.
-    mkdir -p /sys/fs/cgroup/init
-    for _ in 1 2 3 4 5 6 7 8 9 10; do # processes may come and go while they are moved
-        xargs -rn1 </sys/fs/cgroup/cgroup.procs >/sys/fs/cgroup/init/cgroup.procs 2>/dev/null && break
+cg=/sys/fs/cgroup
+if [[ -f $cg/cgroup.controllers ]]; then
+    # cgroup v2 allows no processes in a cgroup that hands controllers to children ("no
+    # internal processes"): move every process of ours into a leaf first, then delegate.
+    mkdir -p "$cg/dind-entrypoint"
+    while read -r pid; do
+        echo "$pid" >"$cg/dind-entrypoint/cgroup.procs" 2>/dev/null || true # it may be gone
+    done <"$cg/cgroup.procs"
+    read -r -a controllers <"$cg/cgroup.controllers" || true
+    for c in "${controllers[@]}"; do
+        echo "+$c" >"$cg/cgroup.subtree_control" 2>/dev/null || echo "dind: cannot delegate $c" >&2
     done
-    sed -e 's/ / +/g' -e 's/^/+/' </sys/fs/cgroup/cgroup.controllers >/sys/fs/cgroup/cgroup.subtree_control || true
 fi
 # A restarted container keeps nothing in /run, but a restarted pod may keep /var/lib/docker.
 rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
