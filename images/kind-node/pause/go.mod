@@ -1,0 +1,3 @@
+module stackgen.local/pause
+
+go 1.24

@@ -1,0 +1,3 @@
+module stackgen.local/runc-wrapper
+
+go 1.24
