@@ -26,6 +26,7 @@ from stackgen.dispatcher.act import Actor, QueueReport
 from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.config import DispatcherConfig
 from stackgen.dispatcher.demand import DemandReader
+from stackgen.dispatcher.explain import decision_fields
 from stackgen.dispatcher.informer import JobInformer
 from stackgen.dispatcher.kube import Kube, KubeError
 from stackgen.dispatcher.metrics import Metrics
@@ -207,6 +208,9 @@ class Dispatcher:
         self.metrics.unmet.labels(queue.name).set(max(0, plan.unmet))
         self.metrics.cooldown.labels(queue.name).set(1 if plan.cooldown else 0)
         qlog = log.bind(queue=queue.name, mode=queue.mode)
+        qlog.debug(
+            "decision", **decision_fields(queue, demand, views, plan, now, announced=announced)
+        )
         try:
             self.actor.act(queue, plan, demand, memory, report, qlog)
         except BuildkiteError as exc:
