@@ -33,6 +33,7 @@ __all__ = [
     "KustomizeExtras",
     "MetricsAdapterSettings",
     "Mode",
+    "MonitoringSettings",
     "Queue",
     "Resources",
     "ScalingPolicy",
@@ -317,6 +318,28 @@ class KustomizeExtras:
     patches: list[dict[str, Any]]
 
 
+def _monitoring_default(key: str) -> Any:
+    return field(default_factory=lambda: stack_default(f"monitoring.{key}"))
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Alert rules, the Grafana dashboard and how Prometheus scrapes the stack."""
+
+    alerts: bool = stack_default("monitoring.alerts.enabled")
+    prometheus_rule: bool = stack_default("monitoring.alerts.prometheusRule")
+    alert_labels: dict[str, str] = _monitoring_default("alerts.labels")
+    rule_labels: dict[str, str] = _monitoring_default("alerts.ruleLabels")
+    #: stack.yaml's ``monitoring.alerts.thresholds`` (every key, defaults filled in).
+    thresholds: dict[str, float] = _monitoring_default("alerts.thresholds")
+    dashboard: bool = stack_default("monitoring.dashboard.enabled")
+    sidecar_label: str = stack_default("monitoring.dashboard.sidecarLabel")
+    sidecar_label_value: str = stack_default("monitoring.dashboard.sidecarLabelValue")
+    folder: str | None = None
+    scrape: str = stack_default("monitoring.scrape")
+    monitor_labels: dict[str, str] = _monitoring_default("monitorLabels")
+
+
 @dataclass(frozen=True)
 class Stack:
     """A loaded, checked ``stack.yaml``."""
@@ -337,6 +360,7 @@ class Stack:
     git_mirrors: list[GitMirror]
     dind: DindSettings
     kustomize: KustomizeExtras
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     @property
     def hpa_queues(self) -> list[Queue]:
