@@ -32,6 +32,7 @@ from stackgen.adapter.auth import (
     authenticate,
     kubernetes_configmap_reader,
 )
+from stackgen.adapter.metrics import AdapterMetrics, serve_metrics
 from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import POLL_INTERVAL, MetricStore
 from stackgen.adapter.tls import ServerTLS
@@ -214,6 +215,8 @@ class AdapterSettings:
     token: str = field(repr=False)
     bind_address: str = "0.0.0.0"
     secure_port: int = 6443
+    #: Plain-HTTP port of the adapter's own Prometheus metrics (None: off; 0: any).
+    metrics_port: int | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     poll_interval: float = POLL_INTERVAL
@@ -291,12 +294,14 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         settings.queues, interval=settings.poll_interval, stale_intervals=settings.stale_intervals
     )
     client = AgentAPI(settings.endpoint, settings.token, timeout=10.0)
+    metrics = AdapterMetrics(store)
     poller = Poller(
         client,
         store,
         interval=settings.poll_interval,
         queues=settings.queues,
         stack_key_prefix=settings.stack_key_prefix,
+        on_poll=lambda source, ok: metrics.polls.labels(source, "ok" if ok else "error").inc(),
     )
     auth, source = _auth_provider(settings)
     if not auth.refresh():
@@ -321,6 +326,11 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         ready=[("front-proxy-settings", auth_ready)],
     )
     server = AdapterServer((settings.bind_address, settings.secure_port), app, tls, auth.current)
+    metrics_server = (
+        serve_metrics(metrics, settings.bind_address, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
+    )
     _stop_on_signals(stop, log)
 
     def watch_stop() -> None:
@@ -334,6 +344,7 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         "serving external metrics",
         address=settings.bind_address,
         port=server.port,
+        metrics_port=metrics_server.server_port if metrics_server is not None else None,
         front_proxy_settings=source,
         front_proxy_loaded=auth.current() is not None,
         **poller.describe(),
@@ -343,6 +354,9 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
     finally:
         stop.set()
         server.server_close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         poll_thread.join(timeout=5)
         client.close()
         log.info("stopped")

@@ -112,7 +112,7 @@ class _Rules:
             f" or sum by (namespace, queue) ({deleted} unless {deleted} offset {window}) >= {failures}",
             severity="warning",
             summary="Agent pods of queue {{ $labels.queue }} do not start",
-            description="{{ $value | humanize }} agent Job(s) of queue {{ $labels.queue }} were "
+            description="Agent Jobs of queue {{ $labels.queue }} were "
             f"deleted in the last {window} because no pod of theirs started (unschedulable, image "
             "pull errors, quota). `stackgen status` lists stuck pods with the reason; the "
             "dispatcher's log has it too.",
@@ -135,7 +135,9 @@ class _Rules:
             for_seconds=t["apiErrorsForSeconds"],
             severity="warning",
             summary="The dispatcher's {{ $labels.api }} calls keep failing",
-            description="{{ $value | humanize }} failed {{ $labels.api }} calls per second for "
+            description="Failed {{ $labels.api }} calls above "
+            + _number(t["apiErrorsPerSecond"])
+            + " per second for "
             + _duration(t["apiErrorsForSeconds"])
             + " (stackgen_api_errors_total by kind says which).",
         )
@@ -183,8 +185,9 @@ class _Rules:
             + _number(t["adapterStaleSeconds"]),
             severity="warning",
             summary="The metrics adapter serves stale Buildkite data",
-            description="The adapter's last successful Buildkite poll is {{ $value | "
-            "humanizeDuration }} old: HPAs get errors instead of values and keep their size.",
+            description="The adapter's last successful Buildkite poll is older than "
+            + _duration(t["adapterStaleSeconds"])
+            + ": HPAs get errors instead of values and keep their size.",
         )
 
 

@@ -26,11 +26,26 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "the dispatcher for dispatch/exact queues and from the metrics adapter for hpa "
         "queues; waiting (blocked on dependencies) from the adapter.",
         (
-            ("{{queue}} scheduled", f"max by (queue) (stackgen_queue_scheduled_jobs{{{_Q}}} {_LEADER})"),
-            ("{{queue}} running", f"max by (queue) (stackgen_queue_running_jobs{{{_Q}}} {_LEADER})"),
-            ("{{queue}} scheduled (hpa)", f"max by (queue) (stackgen_adapter_buildkite_jobs_scheduled{{{_Q}}})"),
-            ("{{queue}} running (hpa)", f"max by (queue) (stackgen_adapter_buildkite_jobs_running{{{_Q}}})"),
-            ("{{queue}} waiting (hpa)", f"max by (queue) (stackgen_adapter_buildkite_jobs_waiting{{{_Q}}})"),
+            (
+                "{{queue}} scheduled",
+                f"max by (queue) (stackgen_queue_scheduled_jobs{{{_Q}}} {_LEADER})",
+            ),
+            (
+                "{{queue}} running",
+                f"max by (queue) (stackgen_queue_running_jobs{{{_Q}}} {_LEADER})",
+            ),
+            (
+                "{{queue}} scheduled (hpa)",
+                f"max by (queue) (stackgen_adapter_buildkite_jobs_scheduled{{{_Q}}})",
+            ),
+            (
+                "{{queue}} running (hpa)",
+                f"max by (queue) (stackgen_adapter_buildkite_jobs_running{{{_Q}}})",
+            ),
+            (
+                "{{queue}} waiting (hpa)",
+                f"max by (queue) (stackgen_adapter_buildkite_jobs_waiting{{{_Q}}})",
+            ),
         ),
     ),
     (
@@ -40,8 +55,14 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "idle or busy) against running jobs (busy agents), and agents dispatched per minute.",
         (
             ("{{queue}} supply", f"max by (queue) (stackgen_queue_agent_supply{{{_Q}}} {_LEADER})"),
-            ("{{queue}} running jobs", f"max by (queue) (stackgen_queue_running_jobs{{{_Q}}} {_LEADER})"),
-            ("{{queue}} dispatched/min", f"sum by (queue) (rate(stackgen_agents_dispatched_total{{{_Q}}}[5m])) * 60"),
+            (
+                "{{queue}} running jobs",
+                f"max by (queue) (stackgen_queue_running_jobs{{{_Q}}} {_LEADER})",
+            ),
+            (
+                "{{queue}} dispatched/min",
+                f"sum by (queue) (rate(stackgen_agents_dispatched_total{{{_Q}}}[5m])) * 60",
+            ),
         ),
     ),
     (
@@ -65,8 +86,18 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "Exact mode: time from Buildkite's scheduled_at to the agent's Kubernetes Job being "
         "created, 50th and 95th percentile over 5 minutes.",
         (
-            ("{{queue}} p50", "histogram_quantile(0.5, sum by (queue, le) (rate(stackgen_dispatch_latency_seconds_bucket{" + _Q + "}[5m])))"),
-            ("{{queue}} p95", "histogram_quantile(0.95, sum by (queue, le) (rate(stackgen_dispatch_latency_seconds_bucket{" + _Q + "}[5m])))"),
+            (
+                "{{queue}} p50",
+                "histogram_quantile(0.5, sum by (queue, le) (rate(stackgen_dispatch_latency_seconds_bucket{"
+                + _Q
+                + "}[5m])))",
+            ),
+            (
+                "{{queue}} p95",
+                "histogram_quantile(0.95, sum by (queue, le) (rate(stackgen_dispatch_latency_seconds_bucket{"
+                + _Q
+                + "}[5m])))",
+            ),
         ),
     ),
     (
@@ -82,8 +113,14 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "Jobs deleted because no pod of theirs started within podStartTimeoutSeconds, and "
         "Buildkite jobs failed for that reason (exact mode), per 15 minutes.",
         (
-            ("{{queue}} Jobs deleted", f"sum by (queue) (increase(stackgen_jobs_deleted_total{{{_Q}}}[15m]))"),
-            ("{{queue}} Buildkite jobs failed", f"sum by (queue) (increase(stackgen_buildkite_jobs_failed_total{{{_Q}}}[15m]))"),
+            (
+                "{{queue}} Jobs deleted",
+                f"sum by (queue) (increase(stackgen_jobs_deleted_total{{{_Q}}}[15m]))",
+            ),
+            (
+                "{{queue}} Buildkite jobs failed",
+                f"sum by (queue) (increase(stackgen_buildkite_jobs_failed_total{{{_Q}}}[15m]))",
+            ),
         ),
     ),
     (
@@ -91,7 +128,12 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "reqps",
         "Failed Buildkite and Kubernetes calls per second by API and kind (HTTP status or "
         "error class).",
-        (("{{api}} {{kind}}", f"sum by (api, kind) (rate(stackgen_api_errors_total{{{_NS}}}[5m]))"),),
+        (
+            (
+                "{{api}} {{kind}}",
+                f"sum by (api, kind) (rate(stackgen_api_errors_total{{{_NS}}}[5m]))",
+            ),
+        ),
     ),
     (
         "Metrics adapter freshness",
@@ -99,7 +141,10 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "Age of the adapter's data: seconds since its last successful Buildkite poll, per "
         "source (metrics: counts; scheduled-jobs: job ages) and replica.",
         (
-            ("{{pod}} {{source}}", f"time() - stackgen_adapter_last_success_timestamp_seconds{{{_NS}}}"),
+            (
+                "{{pod}} {{source}}",
+                f"time() - stackgen_adapter_last_success_timestamp_seconds{{{_NS}}}",
+            ),
         ),
     ),
     (
@@ -108,9 +153,18 @@ PANELS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = (
         "How long a dispatcher cycle takes (demand, supply, plan, act), 50th and 95th "
         "percentile, and cycles per minute by trigger and result.",
         (
-            ("p50", f"histogram_quantile(0.5, sum by (le) (rate(stackgen_cycle_duration_seconds_bucket{{{_NS}}}[5m])))"),
-            ("p95", f"histogram_quantile(0.95, sum by (le) (rate(stackgen_cycle_duration_seconds_bucket{{{_NS}}}[5m])))"),
-            ("{{trigger}} {{result}}/min", f"sum by (trigger, result) (rate(stackgen_cycles_total{{{_NS}}}[5m])) * 60"),
+            (
+                "p50",
+                f"histogram_quantile(0.5, sum by (le) (rate(stackgen_cycle_duration_seconds_bucket{{{_NS}}}[5m])))",
+            ),
+            (
+                "p95",
+                f"histogram_quantile(0.95, sum by (le) (rate(stackgen_cycle_duration_seconds_bucket{{{_NS}}}[5m])))",
+            ),
+            (
+                "{{trigger}} {{result}}/min",
+                f"sum by (trigger, result) (rate(stackgen_cycles_total{{{_NS}}}[5m])) * 60",
+            ),
         ),
     ),
     (

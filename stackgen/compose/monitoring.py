@@ -130,7 +130,9 @@ def _monitor(stack: Stack, kind: str, app: str, port: str) -> dict[str, Any]:
 def _no_annotations(deployment: str) -> dict[str, Any]:
     path = "/spec/template/metadata/annotations/prometheus.io~1"
     return json_patch(
-        "Deployment", deployment, *({"op": "remove", "path": path + k} for k in ("scrape", "port", "path"))
+        "Deployment",
+        deployment,
+        *({"op": "remove", "path": path + k} for k in ("scrape", "port", "path")),
     )
 
 
@@ -160,4 +162,3 @@ def add_monitoring(tree: Tree, kz: Kustomization) -> None:
         _add_dashboard(tree, kz)
     if mon.scrape != "annotations":
         _add_monitors(tree, kz)
-

@@ -318,26 +318,24 @@ class KustomizeExtras:
     patches: list[dict[str, Any]]
 
 
-def _monitoring_default(key: str) -> Any:
-    return field(default_factory=lambda: stack_default(f"monitoring.{key}"))
-
-
 @dataclass(frozen=True)
 class MonitoringSettings:
     """Alert rules, the Grafana dashboard and how Prometheus scrapes the stack."""
 
     alerts: bool = stack_default("monitoring.alerts.enabled")
     prometheus_rule: bool = stack_default("monitoring.alerts.prometheusRule")
-    alert_labels: dict[str, str] = _monitoring_default("alerts.labels")
-    rule_labels: dict[str, str] = _monitoring_default("alerts.ruleLabels")
+    alert_labels: dict[str, str] = field(default_factory=dict)
+    rule_labels: dict[str, str] = field(default_factory=dict)
     #: stack.yaml's ``monitoring.alerts.thresholds`` (every key, defaults filled in).
-    thresholds: dict[str, float] = _monitoring_default("alerts.thresholds")
+    thresholds: dict[str, float] = field(
+        default_factory=lambda: stack_default("monitoring.alerts.thresholds")
+    )
     dashboard: bool = stack_default("monitoring.dashboard.enabled")
     sidecar_label: str = stack_default("monitoring.dashboard.sidecarLabel")
     sidecar_label_value: str = stack_default("monitoring.dashboard.sidecarLabelValue")
     folder: str | None = None
     scrape: str = stack_default("monitoring.scrape")
-    monitor_labels: dict[str, str] = _monitoring_default("monitorLabels")
+    monitor_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
