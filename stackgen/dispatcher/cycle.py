@@ -28,6 +28,7 @@ from stackgen.dispatcher.config import DispatcherConfig
 from stackgen.dispatcher.demand import DemandReader
 from stackgen.dispatcher.explain import decision_fields
 from stackgen.dispatcher.informer import JobInformer
+from stackgen.dispatcher.keep import keep_failed
 from stackgen.dispatcher.kube import Kube, KubeError
 from stackgen.dispatcher.metrics import Metrics
 from stackgen.dispatcher.planner import (
@@ -42,6 +43,8 @@ from stackgen.dispatcher.schedule import Schedule
 from stackgen.dispatcher.stacks import Stacks
 
 MIRROR_PRUNE_EVERY = 60.0
+#: How often Jobs with failed agents are looked at for keeping (dispatcher/keep.py).
+KEEP_EVERY = 10.0
 
 __all__ = ["CycleReport", "Dispatcher", "QueueReport", "new_dispatch_id"]
 
@@ -99,6 +102,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the schedule's triggers come from HTTP threads
         self._last_prune = 0.0
+        self._last_keep = 0.0
+        self._clients = clients
         self.last_loop = clock()
         self.last_success: float | None = None
 
@@ -140,6 +145,9 @@ class Dispatcher:
             if self.config.mirrors and self.clock() - self._last_prune > MIRROR_PRUNE_EVERY:
                 self._last_prune = self.clock()
                 self.actor.prune_mirrors(self.log)
+            if self.clock() - self._last_keep > KEEP_EVERY:
+                self._last_keep = self.clock()
+                keep_failed(self._clients, self.queues, self.log)
 
     def run_cycle(self, trigger: str, only: set[str] | None = None) -> CycleReport:
         """One cycle for the due queues (or ``only`` those); never raises on API faults."""

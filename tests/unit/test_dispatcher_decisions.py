@@ -129,3 +129,68 @@ def test_decision_line_is_debug_only(
     dispatcher.run_cycle("poll")
     events = [d.get("event") for d in _lines(stream)]
     assert "cycle" in events and "decision" not in events
+
+
+# ------------------------------------------------------------- keeping failed pods
+
+
+def _fail(kube: FakeKube, name: str, finished: str | None = "2027-01-15T08:00:00Z") -> None:
+    status = kube.objects["jobs"][name].setdefault("status", {})
+    status["failed"] = 1
+    if finished:
+        status["completionTime"] = finished
+
+
+def test_failed_agent_pods_are_kept_when_the_queue_asks(
+    buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    from stackgen.dispatcher.keep import keep_failed
+
+    config = from_dict(config_dict(keepFailedPodsSeconds=7200))
+    api = AgentAPI(buildkite.endpoint, TOKEN)
+    dispatcher = Dispatcher(config, api, kube, clock=clock)
+    buildkite.add_jobs("builds", 2)
+    report = dispatcher.run_cycle("poll")
+    (name,) = report.queues[0].created
+    log = logs.get_logger()
+    assert keep_failed(dispatcher._clients, dispatcher.queues, log) == []  # nothing failed
+    _fail(kube, name)
+    assert keep_failed(dispatcher._clients, dispatcher.queues, log) == [name]
+    job = kube.objects["jobs"][name]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 7200  # was the queue's 60
+    assert job["metadata"]["labels"]["stackgen.io/kept"] == "true"
+    assert job["metadata"]["annotations"]["stackgen.io/kept-until"] == "2027-01-15T10:00:00Z"
+    assert keep_failed(dispatcher._clients, dispatcher.queues, log) == []  # once
+    api.close()
+
+
+def test_failed_pods_are_not_kept_without_a_request(
+    buildkite: FakeBuildkite, kube: FakeKube, dispatcher: Dispatcher
+) -> None:
+    from stackgen.dispatcher.keep import keep_failed
+
+    buildkite.add_jobs("builds", 1)
+    (name,) = dispatcher.run_cycle("poll").queues[0].created
+    _fail(kube, name)
+    assert keep_failed(dispatcher._clients, dispatcher.queues, logs.get_logger()) == []
+    assert kube.objects["jobs"][name]["spec"]["ttlSecondsAfterFinished"] == 60
+
+
+def test_a_buildkite_job_can_ask_to_keep_its_pod(
+    buildkite: FakeBuildkite, kube: FakeKube, dispatcher: Dispatcher
+) -> None:
+    from stackgen.dispatcher.keep import keep_failed, requested_seconds
+
+    (uuid,) = buildkite.add_jobs("deploy", 1, env={"STACKGEN_KEEP_FAILED_POD": "1800"})
+    report = dispatcher.run_cycle("poll")
+    (name,) = [n for q in report.queues for n in q.created]
+    job = kube.objects["jobs"][name]
+    assert job["metadata"]["labels"]["stackgen.io/keep-failed-pod"] == "1800"
+    assert job["metadata"]["labels"]["stackgen.io/buildkite-job"] == uuid
+    _fail(kube, name, finished=None)
+    assert keep_failed(dispatcher._clients, dispatcher.queues, logs.get_logger()) == [name]
+    assert kube.objects["jobs"][name]["spec"]["ttlSecondsAfterFinished"] == 1800
+    assert requested_seconds({"STACKGEN_KEEP_FAILED_POD": "true"}) == 3600
+    assert requested_seconds({"STACKGEN_KEEP_FAILED_POD": "99999999"}) == 7 * 24 * 3600
+    assert requested_seconds({"STACKGEN_KEEP_FAILED_POD": "nonsense"}) is None
+    assert requested_seconds({}) is None
