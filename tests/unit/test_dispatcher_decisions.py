@@ -1,4 +1,5 @@
-"""The dispatcher's debug-level ``decision`` line: one dispatch ID explains a dispatch.
+"""The dispatcher's debug-level ``decision`` line (one dispatch ID explains a dispatch),
+and failed agents' pods kept for debugging on request.
 
 Fake Buildkite (real HTTP on 127.0.0.1) and the in-memory Kubernetes, as in
 test_dispatcher_loop.py; the log is read back as JSON lines.
