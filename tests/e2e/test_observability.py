@@ -56,6 +56,7 @@ STARVED = textwrap.dedent(
     monitoring:
       alerts:
         enabled: true
+        prometheusRule: false    # a plain Prometheus: no prometheus-operator CRDs here
         thresholds: {{jobsWaitingSeconds: 20, agentStartWindowSeconds: 30,
                       agentStartFailures: 1, dispatcherDownSeconds: 10, noLeaderSeconds: 10}}
     """
