@@ -130,14 +130,19 @@ class PrometheusServer:
         self._log.close()
 
 
-def wait_state(
-    server: PrometheusServer, name: str, firing: bool, timeout: float, since: float
-) -> float:
-    """Seconds from ``since`` until alert ``name`` is (or is no longer) firing."""
+def wait_states(
+    server: PrometheusServer, names: list[str], firing: bool, timeout: float, since: float
+) -> dict[str, float]:
+    """Seconds from ``since`` until each alert is (or is no longer) firing, watched together."""
     deadline = time.monotonic() + timeout
+    reached: dict[str, float] = {}
     while time.monotonic() < deadline:
-        if server.firing(name) == firing:
-            return round(time.time() - since, 1)
+        for name in names:
+            if name not in reached and server.firing(name) == firing:
+                reached[name] = round(time.time() - since, 1)
+        if len(reached) == len(names):
+            return reached
         time.sleep(0.5)
     state = "fire" if firing else "resolve"
-    raise AssertionError(f"{name} did not {state} within {timeout:.0f}s: {server.alerts()}")
+    late = [n for n in names if n not in reached]
+    raise AssertionError(f"{late} did not {state} within {timeout:.0f}s: {server.alerts()}")
