@@ -77,4 +77,7 @@ def command(
             out(render(stacks), nl=False)
         if not watch:
             return
-        time.sleep(interval)
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:  # Ctrl-C ends --watch: not an error
+            return

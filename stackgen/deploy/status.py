@@ -220,7 +220,9 @@ def _fill_metrics(
             raise RuntimeError("no dispatcher holds the Lease")
         values = parse_metrics(text)
     except Exception as exc:  # any failure only costs the metric columns
-        stack.metrics_error = f"dispatcher metrics unavailable: {str(exc).strip()[:200]}"
+        problems = getattr(exc, "problems", None)
+        why = "; ".join(p.message for p in problems) if problems else str(exc)
+        stack.metrics_error = f"dispatcher metrics unavailable: {why.strip()[:200]}"
         return
     for row in dispatched:
         row.scheduled = values.get(("stackgen_queue_scheduled_jobs", row.queue))

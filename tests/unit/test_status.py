@@ -251,3 +251,50 @@ def test_status_filters_by_stack_and_says_when_none() -> None:
 def test_stuck_reason(pod: dict[str, Any], reason: str | None) -> None:
     got = stuck_reason(pod)
     assert (got is None) if reason is None else (got or "").startswith(reason)
+
+
+def test_status_error_from_kubectl_is_one_clean_line() -> None:
+    from stackgen.common.errors import ClusterError
+
+    failing = FakeCluster(
+        ClusterError('kubectl get --raw: Error from server (NotFound): pods "x" not found')
+    )
+    (stack,) = collect(failing, now=NOW)
+    assert stack.metrics_error == (
+        'dispatcher metrics unavailable: kubectl get --raw: Error from server (NotFound): pods "x" not found'
+    )
+
+
+def test_status_command_table_json_and_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import stackgen.deploy.cluster as cluster_module
+    from stackgen.cli import cli
+
+    made: list[dict[str, Any]] = []
+
+    class Kubectl(FakeCluster):
+        def __init__(self, **kwargs: Any) -> None:
+            made.append(kwargs)
+            super().__init__()
+
+    monkeypatch.setattr(cluster_module, "Kubectl", Kubectl)
+    runner = CliRunner()
+    table = runner.invoke(cli, ["status", "--context", "prod", "-n", NS])
+    assert table.exit_code == 0, table.output
+    assert made[-1] == {"kubeconfig": None, "context": "prod"}
+    assert "STACK obs  NAMESPACE ci  LEADER stackgen-dispatcher-abc" in table.output
+    shown = runner.invoke(cli, ["status", "-o", "json", "--kubeconfig", "/k"])
+    assert json.loads(shown.output)[0]["stack"] == "obs" and made[-1]["kubeconfig"] == "/k"
+
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt  # Ctrl-C
+
+    monkeypatch.setattr("time.sleep", sleep)
+    watched = runner.invoke(cli, ["status", "--watch", "--interval", "2"])
+    assert watched.exit_code == 0, watched.output
+    assert watched.output.count("STACK obs") == 2 and sleeps == [2.0, 2.0]
