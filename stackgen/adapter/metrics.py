@@ -84,6 +84,10 @@ class AdapterMetrics:
             for result in ("ok", "error"):
                 self.polls.labels(source, result)
 
+    def count_poll(self, source: str, ok: bool) -> None:
+        """The poller's ``on_poll``: one poll of ``source`` and how it went."""
+        self.polls.labels(source, "ok" if ok else "error").inc()
+
 
 def serve_metrics(metrics: AdapterMetrics, address: str, port: int) -> Any:
     """Serve ``/metrics`` on ``address:port`` in a daemon thread; returns the server."""

@@ -301,7 +301,7 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         interval=settings.poll_interval,
         queues=settings.queues,
         stack_key_prefix=settings.stack_key_prefix,
-        on_poll=lambda source, ok: metrics.polls.labels(source, "ok" if ok else "error").inc(),
+        on_poll=metrics.count_poll,
     )
     auth, source = _auth_provider(settings)
     if not auth.refresh():

@@ -50,7 +50,7 @@ def test_values_last_success_and_staleness() -> None:
         fetched_at=clock.now,
     )
     store.record_snapshot(snapshot, at=clock.now)
-    metrics.polls.labels("metrics", "ok").inc()
+    metrics.count_poll("metrics", True)
     fresh = _samples(metrics)
     assert fresh[("stackgen_adapter_buildkite_jobs_scheduled", (("queue", "default"),))] == 4
     assert fresh[("stackgen_adapter_buildkite_jobs_runnable", (("queue", "default"),))] == 6
@@ -68,4 +68,33 @@ def test_values_last_success_and_staleness() -> None:
     assert (
         stale[("stackgen_adapter_last_success_timestamp_seconds", (("source", "metrics"),))]
         == START + 5
+    )
+
+
+def test_the_poller_counts_its_polls_by_result() -> None:
+    from stackgen.adapter.poller import Poller
+    from stackgen.buildkite import AgentAPI
+    from tests.support.fake_buildkite import FakeBuildkite
+
+    token = "adapter-metrics-token-0123456789"
+    with FakeBuildkite(token, queues=("alpha",), default_queue="alpha") as fake:
+        store = MetricStore(["alpha"], interval=1)
+        metrics = AdapterMetrics(store)
+        api = AgentAPI(fake.endpoint, token)
+        poller = Poller(
+            api,
+            store,
+            interval=1,
+            queues=("alpha",),
+            on_poll=metrics.count_poll,
+        )
+        poller.poll_once()
+        fake.inject("metrics", "503", times=2)
+        poller.poll_once()
+        poller.poll_once()
+        api.close()
+    samples = _samples(metrics)
+    assert samples[("stackgen_adapter_polls_total", (("result", "ok"), ("source", "metrics")))] == 1
+    assert (
+        samples[("stackgen_adapter_polls_total", (("result", "error"), ("source", "metrics")))] == 2
     )
