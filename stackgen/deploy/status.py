@@ -11,7 +11,8 @@ What each row says and where it comes from:
 * leader: the Lease ``stackgen-dispatcher`` (holder and how long ago it renewed);
 * scheduled / running jobs and cooldown: the leader's ``/metrics``, through the API
   server's pod proxy (``kubectl get --raw``), or from ``--dispatcher-url`` (say a
-  ``kubectl port-forward``); ``?`` when it cannot be read, with the reason;
+  ``kubectl port-forward``); for hpa queues the metrics adapter's ``/metrics`` through
+  its Service's proxy; ``?`` when they cannot be read, with the reason;
 * kept pods: the failed pods of Jobs the dispatcher kept for debugging
   (label ``stackgen.io/kept``), with the time they are kept until.
 """
@@ -41,6 +42,7 @@ LABEL_QUEUE = "stackgen.io/queue"
 LABEL_DISPATCH_ID = "stackgen.io/dispatch-id"
 LABEL_KEPT = "stackgen.io/kept"
 LEASE = "stackgen-dispatcher"
+ADAPTER = "stackgen-metrics-adapter"
 DISPATCHER_PORT = 8080
 #: Container waiting reasons that mean the pod will not start by itself soon.
 STUCK_REASONS = {
@@ -90,6 +92,7 @@ class StackStatus:
     leader: str | None = None
     leader_renewed_seconds_ago: float | None = None
     metrics_error: str | None = None
+    adapter_metrics_error: str | None = None
     queues: list[QueueStatus] = field(default_factory=list)
     kept_pods: list[dict[str, str]] = field(default_factory=list)
 
@@ -201,6 +204,13 @@ def _kept(jobs: Iterable[JSON], pods: Iterable[JSON]) -> list[dict[str, str]]:
     return sorted(out, key=lambda k: k["pod"])
 
 
+def _why(exc: Exception) -> str:
+    """One short line: a StackgenError's messages without their ``stackgen:`` prefix."""
+    problems = getattr(exc, "problems", None)
+    why = "; ".join(p.message for p in problems) if problems else str(exc)
+    return why.strip()[:200]
+
+
 def _fill_metrics(
     stack: StackStatus,
     cluster: StatusCluster,
@@ -220,15 +230,29 @@ def _fill_metrics(
             raise RuntimeError("no dispatcher holds the Lease")
         values = parse_metrics(text)
     except Exception as exc:  # any failure only costs the metric columns
-        problems = getattr(exc, "problems", None)
-        why = "; ".join(p.message for p in problems) if problems else str(exc)
-        stack.metrics_error = f"dispatcher metrics unavailable: {why.strip()[:200]}"
+        stack.metrics_error = f"dispatcher metrics unavailable: {_why(exc)}"
         return
     for row in dispatched:
         row.scheduled = values.get(("stackgen_queue_scheduled_jobs", row.queue))
         row.running = values.get(("stackgen_queue_running_jobs", row.queue))
         cooldown = values.get(("stackgen_queue_cooldown", row.queue))
         row.cooldown = None if cooldown is None else cooldown >= 1
+
+
+def _fill_adapter_metrics(stack: StackStatus, cluster: StatusCluster) -> None:
+    """The hpa queues' counts as the adapter serves them (its Service's proxy: any replica)."""
+    scaled = [q for q in stack.queues if q.mode == "hpa"]
+    if not scaled:
+        return
+    path = f"/api/v1/namespaces/{stack.namespace}/services/{ADAPTER}:metrics/proxy/metrics"
+    try:
+        values = parse_metrics(cluster.get_raw(path))
+    except Exception as exc:  # any failure only costs the metric columns
+        stack.adapter_metrics_error = f"metrics adapter unavailable: {_why(exc)}"
+        return
+    for row in scaled:
+        row.scheduled = values.get(("stackgen_adapter_buildkite_jobs_scheduled", row.queue))
+        row.running = values.get(("stackgen_adapter_buildkite_jobs_running", row.queue))
 
 
 def _http_get(url: str) -> str:
@@ -279,6 +303,7 @@ def collect(
         _fill_jobs(rows, jobs, now)
         status.kept_pods = _kept(jobs, pods)
         _fill_metrics(status, cluster, dispatcher_url, fetch)
+        _fill_adapter_metrics(status, cluster)
         out.append(status)
     return out
 
@@ -336,13 +361,12 @@ def render(stacks: list[StackStatus]) -> str:
         lines.append(f"STACK {s.stack}  NAMESPACE {s.namespace}  LEADER {leader}")
         rows: list[tuple[str, ...]] = [_COLUMNS]
         for q in s.queues:
-            dispatched = q.mode in ("dispatch", "exact")
             rows.append(
                 (
                     q.queue,
                     q.mode,
-                    _num(q.scheduled) if dispatched else "-",
-                    _num(q.running) if dispatched else "-",
+                    _num(q.scheduled),
+                    _num(q.running),
                     str(q.agents_starting),
                     str(q.agents_running),
                     q.last_dispatch_id or "-",
@@ -354,8 +378,9 @@ def render(stacks: list[StackStatus]) -> str:
                 )
             )
         lines += _table(rows)
-        if s.metrics_error:
-            lines.append(f"  ({s.metrics_error})")
+        for error in (s.metrics_error, s.adapter_metrics_error):
+            if error:
+                lines.append(f"  ({error})")
         for q in s.queues:
             for stuck in q.stuck_pods:
                 lines.append(f"  stuck  {stuck['pod']}  {stuck['reason']}")

@@ -131,6 +131,13 @@ stackgen_queue_running_jobs{queue="builds"} 1.0
 stackgen_queue_cooldown{queue="builds"} 1.0
 """
 
+ADAPTER_METRICS = """\
+# TYPE stackgen_adapter_buildkite_jobs_scheduled gauge
+stackgen_adapter_buildkite_jobs_scheduled{queue="default"} 4.0
+# TYPE stackgen_adapter_buildkite_jobs_running gauge
+stackgen_adapter_buildkite_jobs_running{queue="default"} 3.0
+"""
+
 
 class FakeCluster:
     def __init__(self, metrics: str | Exception = METRICS) -> None:
@@ -146,6 +153,8 @@ class FakeCluster:
 
     def get_raw(self, path: str) -> str:
         self.calls.append(("raw", path))
+        if "/services/stackgen-metrics-adapter:metrics/proxy/" in path:
+            return ADAPTER_METRICS
         if isinstance(self.metrics, Exception):
             raise self.metrics
         return self.metrics
@@ -172,6 +181,8 @@ def test_status_rows_from_jobs_pods_lease_and_metrics() -> None:
     assert builds.stuck_pods[1]["reason"] == "ImagePullBackOff: Back-off pulling image"
     assert rows["deploy"].scheduled == 2.0 and rows["deploy"].cooldown is None
     assert (rows["default"].agents_running, rows["default"].agents_starting) == (1, 1)
+    # hpa queues: the adapter's values, through its Service's proxy.
+    assert (rows["default"].scheduled, rows["default"].running) == (4.0, 3.0)
     assert stack.kept_pods == [
         {
             "pod": "deploy-failed",
