@@ -26,7 +26,9 @@ __all__ = [
     "LABEL_KEEP_REQUESTED",
     "LABEL_KEPT",
     "MAX_KEEP_SECONDS",
+    "keep_failed",
     "keep_patches",
+    "mark_requested",
     "requested_seconds",
 ]
 
