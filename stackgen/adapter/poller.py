@@ -55,6 +55,7 @@ class Poller:
         stack_key_prefix: str | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        on_poll: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -62,6 +63,7 @@ class Poller:
         self.queues = tuple(queues)
         self.prefix = stack_key_prefix or None
         self.backoff = backoff or Backoff(base=1.0, cap=60.0)
+        self._on_poll = on_poll or (lambda source, ok: None)
         self._clock = clock
         self._log = get_logger()
         self._stacks: dict[str, RegisteredStack] = {}
@@ -97,6 +99,7 @@ class Poller:
             snapshot = self.api.metrics()
         except BuildkiteError as exc:
             self.store.record_failure(SOURCE_COUNTS, str(exc))
+            self._on_poll(SOURCE_COUNTS, False)
             delay = self.backoff.next_delay(exc.retry_after)
             self._log.warning(
                 "buildkite metrics poll failed",
@@ -109,6 +112,7 @@ class Poller:
         interval = max(self.interval, snapshot.poll_after or 0.0)
         self.store.set_interval(interval)
         self.store.record_snapshot(snapshot, at=self._clock())
+        self._on_poll(SOURCE_COUNTS, True)
         self._log.debug(
             "buildkite metrics polled",
             queues={
@@ -152,8 +156,10 @@ class Poller:
                     ages[queue] = age
             if ages:
                 self.store.record_ages(ages, at=now)
+            self._on_poll(SOURCE_JOBS, True)
         except BuildkiteError as exc:
             self.store.record_failure(SOURCE_JOBS, str(exc))
+            self._on_poll(SOURCE_JOBS, False)
             if exc.retry_after:
                 self._ages_not_before = self._clock() + exc.retry_after
             self._log.warning(

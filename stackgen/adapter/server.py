@@ -40,6 +40,7 @@ from stackgen.adapter.auth import (
     authenticate,
     kubernetes_configmap_reader,
 )
+from stackgen.adapter.metrics import AdapterMetrics, serve_metrics
 from stackgen.adapter.peers import KubernetesPeers, Router
 from stackgen.adapter.poller import Poller
 from stackgen.adapter.store import POLL_INTERVAL, MetricStore
@@ -272,6 +273,8 @@ class AdapterSettings:
     token: str = field(repr=False)
     bind_address: str = "0.0.0.0"
     secure_port: int = 6443
+    #: Plain-HTTP port of the adapter's own Prometheus metrics (None: off; 0: any).
+    metrics_port: int | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     poll_interval: float = POLL_INTERVAL
@@ -399,12 +402,14 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         settings.queues, interval=settings.poll_interval, stale_intervals=settings.stale_intervals
     )
     client = AgentAPI(settings.endpoint, settings.token, timeout=10.0)
+    metrics = AdapterMetrics(store)
     poller = Poller(
         client,
         store,
         interval=settings.poll_interval,
         queues=settings.queues,
         stack_key_prefix=settings.stack_key_prefix,
+        on_poll=metrics.count_poll,
     )
     auth, source = _auth_provider(settings)
     if not auth.refresh():
@@ -428,9 +433,17 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         ],
         ready=[("front-proxy-settings", auth_ready)],
     )
-    router, telemetry = _router(settings), Telemetry()
+    router = _router(settings)
+    # One registry: the served values and polls (metrics.py), the APIService owner and the
+    # forwarded requests (telemetry.py); on the metrics port, and on /metrics here too.
+    telemetry = Telemetry(registry=metrics.registry)
     server = AdapterServer(
         (settings.bind_address, settings.secure_port), app, tls, auth.current, router, telemetry
+    )
+    metrics_server = (
+        serve_metrics(metrics, settings.bind_address, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
     )
     _stop_on_signals(stop, log)
 
@@ -452,6 +465,7 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         "serving external metrics",
         address=settings.bind_address,
         port=server.port,
+        metrics_port=metrics_server.server_port if metrics_server is not None else None,
         front_proxy_settings=source,
         front_proxy_loaded=auth.current() is not None,
         **poller.describe(),
@@ -461,6 +475,9 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
     finally:
         stop.set()
         server.server_close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         poll_thread.join(timeout=5)
         client.close()
         log.info("stopped")

@@ -337,6 +337,11 @@ class MetricStore:
                 for name, s in self._sources.items()
             }
 
+    def samples(self) -> dict[tuple[str, str], Sample]:
+        """Every current value by (metric, queue), fresh or not (for the adapter's /metrics)."""
+        with self._lock:
+            return dict(self._samples)
+
     @property
     def known_queues(self) -> list[str]:
         """Configured queues and every queue Buildkite listed so far."""

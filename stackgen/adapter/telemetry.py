@@ -15,10 +15,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Telemetry:
-    """A private registry (so several adapters in one test process never collide)."""
+    """On the adapter's registry, or a private one (several adapters in one test process)."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.apiservice_foreign = Gauge(
             "stackgen_metrics_adapter_apiservice_foreign",
             "1 when the external-metrics APIService belongs to another metrics adapter "

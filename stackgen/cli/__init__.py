@@ -20,6 +20,7 @@ from stackgen.cli import (
     metrics_adapter,
     render,
     schema,
+    status,
     validate,
 )
 from stackgen.cli.errors import handle_errors
@@ -48,7 +49,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 # One module per command; each imports what it needs only when it runs, so that
 # `stackgen --help` stays fast.
-for _module in (build, apply, delete, init, render, schema, validate, dispatcher, metrics_adapter):
+for _module in (
+    build,
+    apply,
+    delete,
+    status,
+    init,
+    render,
+    schema,
+    validate,
+    dispatcher,
+    metrics_adapter,
+):
     cli.add_command(_module.command)
 cli.add_command(dispatcher.git_mirror)
 

@@ -31,6 +31,14 @@ def _csv(value: str | None) -> tuple[str, ...]:
 )
 @click.option("--bind-address", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=-1,
+    show_default=True,
+    help="Plain-HTTP port of the adapter's own Prometheus /metrics, on --bind-address "
+    "(0: any free port; -1: off).",
+)
+@click.option(
     "--tls-cert-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -141,6 +149,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 def command(
     secure_port: int,
     bind_address: str,
+    metrics_port: int,
     tls_cert_file: Path | None,
     tls_private_key_file: Path | None,
     endpoint: str,
@@ -201,6 +210,7 @@ def command(
         token=token,
         bind_address=bind_address,
         secure_port=secure_port,
+        metrics_port=metrics_port if metrics_port >= 0 else None,
         tls_cert_file=tls_cert_file,
         tls_key_file=tls_private_key_file,
         poll_interval=poll_interval,

@@ -48,6 +48,8 @@ class DispatchSettings:
     ttl_seconds_after_finished: int = _setting("ttlSecondsAfterFinished")
     #: A pod not running after this long is given up on.
     pod_start_timeout_seconds: float = _setting("podStartTimeoutSeconds")
+    #: Pods of a Job whose agent failed are kept this long after it finished (0: off).
+    keep_failed_pods_seconds: int = _setting("keepFailedPodsSeconds")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DispatchSettings:

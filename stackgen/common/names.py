@@ -33,6 +33,8 @@ DISPATCHER_CONFIG = "stackgen-dispatcher-config"
 DISPATCHER_CONFIG_FILE = "dispatcher.yaml"
 #: The dispatcher's HTTP port (metrics, health, webhook).
 DISPATCHER_PORT = 8080
+#: The metrics adapter's plain-HTTP Prometheus port (its API is served on 6443).
+ADAPTER_METRICS_PORT = 8080
 #: The aggregated API the adapter serves.
 ADAPTER_APISERVICE = "v1beta1.external.metrics.k8s.io"
 #: The ConfigMap in each stack's namespace that tells other stacks' adapters how to verify

@@ -7,6 +7,7 @@ feature add what it needs to the stack's kustomization (data, never text):
 * :mod:`.dispatcher` the webhook token, the dispatcher and its generated config,
 * :mod:`.hooks` the agents' env and hooks, :mod:`.queues` one kustomization per queue,
 * :mod:`.mirrors` git mirror refreshes, :mod:`.adapter` the metrics adapter,
+* :mod:`.monitoring` alert rules, the Grafana dashboard, ServiceMonitors/PodMonitors,
 
 then writes the frame (:mod:`.kustomization`: the Namespace, the root and stack
 kustomizations).  The tree is self-contained: plain ``kustomize build`` of it gives the
@@ -32,6 +33,7 @@ from stackgen.compose.git_credentials import add_git_credentials
 from stackgen.compose.hooks import add_agent_env_and_hooks
 from stackgen.compose.kustomization import Kustomization, namespace_object, write_root
 from stackgen.compose.mirrors import add_git_mirrors
+from stackgen.compose.monitoring import add_monitoring
 from stackgen.compose.queues import add_queues
 from stackgen.compose.ssh import add_ssh_key
 from stackgen.compose.token import add_agent_token
@@ -71,6 +73,7 @@ def compose(
     add_git_mirrors(tree, kz)
     add_metrics_adapter(tree, kz)
     add_dispatcher(tree, kz, check=check)
+    add_monitoring(tree, kz)
     _add_dind(tree, kz)
     _add_user_extras(tree, kz)
     tree.write_yaml(

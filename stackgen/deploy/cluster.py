@@ -313,6 +313,23 @@ class Kubectl:
             return DeleteOutcome("gone")
         return DeleteOutcome("failed", summarize_error(err))
 
+    def get_json(self, kinds: str, *, namespace: str | None, selector: str | None) -> JSON:
+        """``kubectl get KINDS -o json`` in one namespace, or in all (``stackgen status``)."""
+        args = ["get", kinds, "-o", "json"]
+        args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+        if selector:
+            args += ["-l", selector]
+        code, out, err = self._run(args, timeout=60)
+        self._check("get", code, err)
+        data: JSON = json.loads(out or b"{}")
+        return data
+
+    def get_raw(self, path: str) -> str:
+        """``kubectl get --raw PATH`` (a pod's /metrics through the API server's proxy)."""
+        code, out, err = self._run(["get", "--raw", path], timeout=30)
+        self._check("get --raw", code, err)
+        return out.decode("utf-8", "replace")
+
     def wait_deleted(
         self, items: Sequence[tuple[ResourceType, ObjectRef]], timeout: float
     ) -> str | None:

@@ -30,7 +30,9 @@ from stackgen.dispatcher.act import Actor, QueueReport, TemplateMissing
 from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.config import DispatcherConfig
 from stackgen.dispatcher.demand import DemandReader
+from stackgen.dispatcher.explain import decision_fields
 from stackgen.dispatcher.informer import JobInformer
+from stackgen.dispatcher.keep import keep_failed
 from stackgen.dispatcher.kube import Kube, KubeError
 from stackgen.dispatcher.lanes import Raised, concurrently, lanes_of, start
 from stackgen.dispatcher.metrics import Metrics
@@ -48,6 +50,8 @@ from stackgen.dispatcher.schedule import Schedule
 from stackgen.dispatcher.stacks import Stacks
 
 MIRROR_PRUNE_EVERY = 60.0
+#: How often Jobs with failed agents are looked at for keeping (dispatcher/keep.py).
+KEEP_EVERY = 10.0
 
 __all__ = ["CycleReport", "Dispatcher", "QueueReport", "new_dispatch_id"]
 
@@ -116,6 +120,8 @@ class Dispatcher:
         self._busy_lock = threading.Lock()
         self._wake = threading.Event()
         self._last_prune = 0.0
+        self._last_keep = 0.0
+        self._clients = clients
         self.last_loop = clock()
         self.last_success: float | None = None
 
@@ -174,6 +180,9 @@ class Dispatcher:
             if leader and self.config.mirrors and prune_due:
                 self._last_prune = self.clock()
                 self.actor.prune_mirrors(self.log)
+            if leader and self.clock() - self._last_keep > KEEP_EVERY:
+                self._last_keep = self.clock()
+                keep_failed(self._clients, self.queues, self.log)
 
     def _idle_queues(self) -> list[str]:
         with self._busy_lock:
@@ -281,6 +290,9 @@ class Dispatcher:
         self.metrics.supply.labels(queue.name).set(plan.supply)
         self.metrics.unmet.labels(queue.name).set(max(0, plan.unmet))
         self.metrics.cooldown.labels(queue.name).set(1 if plan.cooldown else 0)
+        qlog.debug(
+            "decision", **decision_fields(queue, demand, views, plan, now, announced=announced)
+        )
         try:
             self.actor.act(queue, plan, demand, memory, report, qlog)
             if queue.mode == "exact":

@@ -19,6 +19,7 @@ from stackgen.buildkite import BuildkiteError
 from stackgen.buildkite.models import StackJob
 from stackgen.common.models import DispatchedQueue
 from stackgen.dispatcher.clients import Clients
+from stackgen.dispatcher.keep import mark_requested
 from stackgen.dispatcher.kube import JSON, KubeError
 from stackgen.dispatcher.planner import CreateJob
 from stackgen.dispatcher.podspec import (
@@ -68,6 +69,7 @@ def _make(
         return body
     key, _ = clients.stacks.key(queue)
     job = clients.api.stack_job(key, action.buildkite_job)
+    mark_requested(body, job.env)
     try:
         plugin = find_plugin(job.env)
         if plugin is None:

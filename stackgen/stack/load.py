@@ -31,6 +31,7 @@ from stackgen.stack.model import (
     KustomizeExtras,
     MetricsAdapterSettings,
     Mode,
+    MonitoringSettings,
     Queue,
     Resources,
     Secrets,
@@ -186,6 +187,7 @@ def stack_from_data(data: dict[str, Any], overlay: Path, source: Path) -> Stack:
         metrics_adapter=_metrics_adapter(data.get("metricsAdapter", {}), overlay),
         git_mirrors=[GitMirror.from_dict(m) for m in data.get("gitMirrors", [])],
         dind=_dind(data.get("dind", {})),
+        monitoring=_monitoring(data.get("monitoring", {})),
         kustomize=KustomizeExtras(
             resources=list(kz.get("resources", [])),
             components=list(kz.get("components", [])),
@@ -335,3 +337,23 @@ def _metrics_adapter(data: Mapping[str, Any], overlay: Path) -> MetricsAdapterSe
 def _dind(data: Mapping[str, Any]) -> DindSettings:
     dind = _with_defaults(data, "dind")
     return DindSettings(image=dind["image"], resources=Resources.from_dict(dind["resources"]))
+
+
+def _monitoring(data: Mapping[str, Any]) -> MonitoringSettings:
+    monitoring = _with_defaults(data, "monitoring")
+    alerts = _with_defaults(monitoring.get("alerts", {}), "monitoring.alerts")
+    thresholds = _with_defaults(alerts.get("thresholds", {}), "monitoring.alerts.thresholds")
+    dashboard = _with_defaults(monitoring.get("dashboard", {}), "monitoring.dashboard")
+    return MonitoringSettings(
+        alerts=alerts["enabled"],
+        prometheus_rule=alerts["prometheusRule"],
+        alert_labels=dict(alerts["labels"]),
+        rule_labels=dict(alerts["ruleLabels"]),
+        thresholds=thresholds,
+        dashboard=dashboard["enabled"],
+        sidecar_label=dashboard["sidecarLabel"],
+        sidecar_label_value=dashboard["sidecarLabelValue"],
+        folder=dashboard.get("folder"),
+        scrape=monitoring["scrape"],
+        monitor_labels=dict(monitoring["monitorLabels"]),
+    )

@@ -33,6 +33,7 @@ __all__ = [
     "KustomizeExtras",
     "MetricsAdapterSettings",
     "Mode",
+    "MonitoringSettings",
     "Queue",
     "Resources",
     "ScalingPolicy",
@@ -333,6 +334,26 @@ class KustomizeExtras:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Alert rules, the Grafana dashboard and how Prometheus scrapes the stack."""
+
+    alerts: bool = stack_default("monitoring.alerts.enabled")
+    prometheus_rule: bool = stack_default("monitoring.alerts.prometheusRule")
+    alert_labels: dict[str, str] = field(default_factory=dict)
+    rule_labels: dict[str, str] = field(default_factory=dict)
+    #: stack.yaml's ``monitoring.alerts.thresholds`` (every key, defaults filled in).
+    thresholds: dict[str, float] = field(
+        default_factory=lambda: stack_default("monitoring.alerts.thresholds")
+    )
+    dashboard: bool = stack_default("monitoring.dashboard.enabled")
+    sidecar_label: str = stack_default("monitoring.dashboard.sidecarLabel")
+    sidecar_label_value: str = stack_default("monitoring.dashboard.sidecarLabelValue")
+    folder: str | None = None
+    scrape: str = stack_default("monitoring.scrape")
+    monitor_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Stack:
     """A loaded, checked ``stack.yaml``."""
 
@@ -352,6 +373,7 @@ class Stack:
     git_mirrors: list[GitMirror]
     dind: DindSettings
     kustomize: KustomizeExtras
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     #: Secret files absent from the overlay, built with placeholders instead
     #: (``--skip-missing-secrets``; :mod:`stackgen.stack.placeholders`).
     placeholders: Mapping[Path, bytes] = field(default_factory=dict)

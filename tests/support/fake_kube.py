@@ -223,6 +223,22 @@ class FakeKube:
         self._enter("get_job", name)
         return self._get("jobs", name)
 
+    def patch_job(self, name: str, patch: JSON) -> JSON:
+        """Merge ``patch`` into the Job (maps merged key by key, everything else replaced)."""
+        self._enter("patch_job", name)
+
+        def merge(target: dict[str, Any], change: dict[str, Any]) -> None:
+            for key, value in change.items():
+                if isinstance(value, dict) and isinstance(target.get(key), dict):
+                    merge(target[key], value)
+                else:
+                    target[key] = copy.deepcopy(value)
+
+        with self._lock:
+            obj = self.objects["jobs"][name]
+            merge(obj, patch)
+            return copy.deepcopy(obj)
+
     def delete_job(self, name: str) -> None:
         self._enter("delete_job", name)
         self._delete("jobs", name)
