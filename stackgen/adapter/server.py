@@ -392,12 +392,10 @@ def _stop_on_signals(stop: threading.Event, log: Any) -> None:
         signal.signal(signal.SIGINT, on_signal)
 
 
-def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``stop``); the poller and auth reload run alongside."""
+def _polling(settings: AdapterSettings) -> tuple[MetricStore, Any, AdapterMetrics, Poller]:
+    """The store the API serves, the Buildkite client, the adapter's metrics and the poller."""
     from stackgen.buildkite import AgentAPI
 
-    log = get_logger()
-    stop = stop or threading.Event()
     store = MetricStore(
         settings.queues, interval=settings.poll_interval, stale_intervals=settings.stale_intervals
     )
@@ -411,6 +409,14 @@ def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> No
         stack_key_prefix=settings.stack_key_prefix,
         on_poll=metrics.count_poll,
     )
+    return store, client, metrics, poller
+
+
+def run(settings: AdapterSettings, *, stop: threading.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``); the poller and auth reload run alongside."""
+    log = get_logger()
+    stop = stop or threading.Event()
+    store, client, metrics, poller = _polling(settings)
     auth, source = _auth_provider(settings)
     if not auth.refresh():
         log.error("front-proxy settings not loaded: refusing API requests", error=auth.error)
