@@ -51,7 +51,8 @@ from stackgen.stack.placeholders import with_placeholders
 from stackgen.stack.sources import kustomize_files, literal_secrets, user_sources
 from stackgen.validation.dry_run import server_dry_run
 from stackgen.validation.kubeconform import KubeconformRun, kubeconform_result, warm_kubeconform
-from stackgen.validation.policies import PolicyContext, check_objects
+from stackgen.validation.namespaces import declared_in_kube_system, moved_out_of_kube_system
+from stackgen.validation.policies import PolicyContext, as_policy, check_objects
 
 __all__ = ["BuildOptions", "BuildResult", "build"]
 
@@ -67,6 +68,9 @@ class BuildOptions:
     environ: Mapping[str, str] | None = None
     #: Build absent secret files with placeholders (:mod:`stackgen.stack.placeholders`).
     skip_missing_secrets: bool = False
+    #: ``stack``: stackgen's policies apply; ``none``: only what kustomize, the schemas and
+    #: the stack's own checks refuse (plain overlays that are not agent stacks).
+    policy: str = "stack"
 
 
 @dataclass
@@ -99,6 +103,10 @@ class Source:
     placeholders: list[str] = field(default_factory=list)
     #: The input's checks that run while kustomize does (they raise ConfigError).
     checks: Callable[[], None] = lambda: None
+    #: The user's own kustomize files (for what they put in kube-system).
+    user_files: list[Path] = field(default_factory=list)
+    #: Whether stackgen's policies judge the built objects (``--policy stack``).
+    policies: bool = True
 
 
 class Timer:
@@ -158,10 +166,10 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
         else:
             source = load_and_compose(overlay_path, workdir.path / "tree", options, timer)
         timer.lap("compose")
-        manifest, kubeconform = kustomize_while_checking(source, options, cleanup)
+        manifest, kubeconform, early = kustomize_while_checking(source, options, cleanup)
         timer.lap("kustomize")
         workdir.remove_soon()
-        result = judge(manifest, kubeconform, source, overlay_path, timer)
+        result = judge(manifest, kubeconform, source, overlay_path, timer, early)
     if options.server_dry_run:
         problems, notices = server_dry_run(result.objects, source.file)
         result.notices += notices
@@ -191,7 +199,8 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
             placeholders = with_placeholders(stack, environ)
             stack, environ, notices = placeholders.stack, placeholders.environ, placeholders.notices
         timer.lap("load")
-        sources = literal_secrets(user_sources(stack))
+        user_files = user_sources(stack)
+        sources = policy_lines(literal_secrets(user_files), options)
     except Exception:
         schema_first()
         raise
@@ -205,11 +214,17 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
         raise
 
     def checks() -> None:
-        schema_first()
-        if composed.dispatcher_config is not None:
-            check_dispatcher_config(composed.dispatcher_config, stack.file)
-        raise_config(check_stack(stack, environ=environ))
-        raise_config(sources)
+        # The cross-field checks trust what the schema passed; the literal secrets in the
+        # user's kustomize files do not depend on it, so they are reported either way.
+        problems = stack_problems(data, shown)
+        if not problems:
+            try:
+                if composed.dispatcher_config is not None:
+                    check_dispatcher_config(composed.dispatcher_config, stack.file)
+                problems = check_stack(stack, environ=environ)
+            except ConfigError as exc:
+                problems = exc.problems
+        raise_config(problems + sources)
 
     policy = PolicyContext(
         file=stack.file,
@@ -225,36 +240,59 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
         notices=notices + composed.notices,
         placeholders=notices,
         checks=checks,
+        user_files=user_files,
+        policies=options.policy != "none",
     )
 
 
 def plain_overlay(overlay: Path, options: BuildOptions) -> Source:
-    """Step 1 for a plain kustomize overlay: only its sources are checked (for secrets)."""
+    """Step 1 for a plain kustomize overlay: only its sources are checked (for secrets).
+
+    That check runs while kustomize does, and its problems come with those of the built
+    objects: every problem in one run.
+    """
     kfile = kustomization_file(overlay)
-    raise_config(literal_secrets(kustomize_files(overlay, first=kfile)))
+    files = kustomize_files(overlay, first=kfile)
     file = display_path(kfile)
     return Source(
         root=overlay,
         file=file,
         kubernetes_version=options.kubernetes_version or DEFAULT_KUBERNETES_VERSION,
         policy=PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True),
+        checks=lambda: raise_config(policy_lines(literal_secrets(files), options)),
+        user_files=files,
+        policies=options.policy != "none",
     )
+
+
+def policy_lines(problems: list[Problem], options: BuildOptions) -> list[Problem]:
+    """Problems of a stackgen policy: tagged, and none with ``--policy none``."""
+    return as_policy(problems) if options.policy != "none" else []
 
 
 def kustomize_while_checking(
     source: Source, options: BuildOptions, cleanup: contextlib.ExitStack
-) -> tuple[bytes, KubeconformRun | None]:
+) -> tuple[bytes, KubeconformRun | None, list[Problem]]:
     """Step 2: ``kustomize build``; meanwhile the input's checks, and kubeconform warms up.
 
-    The checks' problems come first (kustomize is stopped); a missing kubeconform is
-    reported after kustomize's own errors.
+    The checks' problems are returned (they come first) and the build goes on, so that
+    the policies' problems come in the same run.  A stack whose checks failed is judged
+    by the policies only (kubeconform would repeat what the schema said), and kustomize
+    errors on it are left out (its tree was composed from unchecked data); a plain
+    overlay's are kept.  A missing kubeconform is reported after kustomize's own errors.
     """
     kustomize = tools.start_kustomize(source.root)
     tool_error: ToolError | None = None
     kubeconform: KubeconformRun | None = None
+    early: list[Problem] = []
     try:
-        source.checks()
-        if options.validate:
+        try:
+            source.checks()
+        except ConfigError as exc:
+            if not options.validate:
+                raise
+            early = exc.problems
+        if options.validate and not (early and source.stack is not None):
             try:
                 kubeconform = warm_kubeconform(
                     source.kubernetes_version, ignore_missing_schemas=options.ignore_missing_schemas
@@ -266,10 +304,19 @@ def kustomize_while_checking(
         kustomize.cancel()
         raise
     overlay = source.stack.overlay if source.stack else None
-    manifest = tools.finish_kustomize(kustomize, source.root, source.file, stack_overlay=overlay)
+    warnings: list[str] = []
+    try:
+        manifest = tools.finish_kustomize(
+            kustomize, source.root, source.file, stack_overlay=overlay, warnings=warnings
+        )
+    except BuildError as exc:
+        if early:
+            raise ConfigError(early + ([] if source.stack else exc.problems)) from exc
+        raise
+    source.notices += [f"warning: {line}" for line in warnings]
     if tool_error is not None:
         raise tool_error
-    return manifest, kubeconform
+    return manifest, kubeconform, early
 
 
 def judge(
@@ -278,8 +325,13 @@ def judge(
     source: Source,
     overlay: Path,
     timer: Timer,
+    early: list[Problem],
 ) -> BuildResult:
-    """Step 3: kubeconform validates while the objects are parsed and the policies run."""
+    """Step 3: kubeconform validates while the objects are parsed and the policies run.
+
+    ``early``: the input checks' problems; reported first, with the policies' (and, for
+    a plain overlay, kubeconform's) in one :class:`ConfigError`.
+    """
     if kubeconform is not None:
         kubeconform.validate(manifest)
     try:
@@ -298,13 +350,19 @@ def judge(
         timings=timer.timings,
         placeholders=list(source.placeholders),
     )
-    if kubeconform is not None:
-        policy = check_objects(objects, source.policy)
+    if kubeconform is not None or early:
+        policy = check_objects(objects, source.policy) if source.policies else []
+        declared = declared_in_kube_system(source.user_files)
+        policy += moved_out_of_kube_system(objects, declared, source.file)
         timer.lap("policy")
-        problems, result.kubeconform_summary = kubeconform_result(
-            kubeconform, source.kubernetes_version, source.file
-        )
-        timer.lap("kubeconform")
+        problems: list[Problem] = []
+        if kubeconform is not None:
+            problems, result.kubeconform_summary = kubeconform_result(
+                kubeconform, source.kubernetes_version, source.file
+            )
+            timer.lap("kubeconform")
+        if early:
+            raise_config(early + problems + policy)
         raise_if(problems + policy)
     return result
 

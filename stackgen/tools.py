@@ -312,31 +312,55 @@ def start_kustomize(root: Path) -> Running:
 
 
 def finish_kustomize(
-    running: Running, root: Path, file: str, *, stack_overlay: Path | None = None
+    running: Running,
+    root: Path,
+    file: str,
+    *,
+    stack_overlay: Path | None = None,
+    warnings: list[str] | None = None,
 ) -> bytes:
     """Wait for :func:`start_kustomize`; its failures become one-line BuildErrors.
 
     ``stack_overlay``: the overlay a composed tree copied (``root/stack/overlay``), so the
-    messages name the user's files, not the temporary tree's.
+    messages name the user's files, not the temporary tree's.  ``warnings`` receives
+    kustomize's own warnings of a build that succeeded (deprecated fields: ``commonLabels``,
+    ``bases``, ``patchesStrategicMerge``, …), one line each, as ``kustomize: …``.
     """
     proc = running.wait()
+    text = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace")
         raise BuildError(_kustomize_problems(text, root, file, stack_overlay))
+    if warnings is not None:
+        warnings += kustomize_warnings(text, root, stack_overlay)
     return proc.stdout
+
+
+def kustomize_warnings(text: str, root: Path, overlay: Path | None = None) -> list[str]:
+    """The ``# Warning: …`` lines kustomize printed (nothing else it printed), each said once."""
+    found: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip().removeprefix("#").strip()
+        if line.lower().startswith("warning:"):
+            message = f"kustomize: {_real_paths(line[8:].strip(), root, overlay)}"
+            if message not in found:
+                found.append(message)
+    return found
+
+
+def _real_paths(line: str, root: Path, overlay: Path | None) -> str:
+    """Map temp-tree paths back to the user's overlay so the message names real files."""
+    if overlay is not None:
+        line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
+    return line.replace(str(root) + "/", "").replace(str(root), ".")
 
 
 def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) -> list[Problem]:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
     errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
-    problems = []
-    for line in errors:
-        # Map temp-tree paths back to the user's overlay so the message names real files.
-        if overlay is not None:
-            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
-        line = line.replace(str(root) + "/", "").replace(str(root), ".")
-        problems.append(Problem(file, "", f"kustomize: {line}"))
+    problems = [
+        Problem(file, "", f"kustomize: {_real_paths(line, root, overlay)}") for line in errors
+    ]
     return problems or [Problem(file, "", "kustomize failed without a message")]
 
 

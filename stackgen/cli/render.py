@@ -24,6 +24,7 @@ from stackgen.common.output import err, notice
     help="Folder to write the kustomize tree into (must not exist, or be empty).",
 )
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@opts.policy
 @click.option(
     "--validate/--no-validate",
     default=True,
@@ -31,7 +32,7 @@ from stackgen.common.output import err, notice
     help="Build and validate the tree before writing it.",
 )
 @handle_errors
-def command(overlay: str, out_dir: Path, force: bool, validate: bool) -> None:
+def command(overlay: str, out_dir: Path, force: bool, policy: str, validate: bool) -> None:
     """Write the kustomize tree stackgen composes for OVERLAY into OUT.
 
     Plain `kustomize build OUT` then gives the same stack as `stackgen build OVERLAY`.
@@ -54,7 +55,7 @@ def command(overlay: str, out_dir: Path, force: bool, validate: bool) -> None:
             )
         )
     if validate:
-        result = build(overlay, BuildOptions())
+        result = build(overlay, BuildOptions(policy=policy))
         for message in result.notices:
             notice(message)
     stack = load_stack(overlay)

@@ -19,6 +19,7 @@ from stackgen.common.status import ExitStatus
 @opts.server_dry_run
 @opts.ignore_missing_schemas
 @opts.skip_missing_secrets
+@opts.policy
 @click.option(
     "--output",
     "output_format",
@@ -35,6 +36,7 @@ def command(
     server_dry_run: bool,
     ignore_missing_schemas: bool,
     skip_missing_secrets: bool,
+    policy: str,
     output_format: str,
 ) -> None:
     """Check every OVERLAY: config schema, kustomize, kubeconform, policy.
@@ -64,6 +66,7 @@ def command(
                     server_dry_run=server_dry_run,
                     ignore_missing_schemas=ignore_missing_schemas,
                     skip_missing_secrets=skip_missing_secrets,
+                    policy=policy,
                 ),
             )
         except StackgenError as exc:
@@ -71,7 +74,13 @@ def command(
                 raise
             tooling_failed |= isinstance(exc, ToolError)
             report["problems"] = [
-                {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
+                {
+                    "file": p.file,
+                    "path": p.path,
+                    "message": p.message,
+                    **({"check": p.tag} if p.tag else {}),
+                }
+                for p in exc.problems
             ]
             if output_format == "text":
                 for problem in exc.problems:
