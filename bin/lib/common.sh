@@ -23,6 +23,38 @@ fmt_ms() { printf '%d.%01ds' $(($1 / 1000)) $((($1 % 1000) / 100)); }
 START_MS=$(now_ms)
 elapsed() { fmt_ms $(($(now_ms) - START_MS)); }
 
+# heartbeat LABEL COMMAND...: run COMMAND (its output as it comes) and, while it runs, print
+# "    ... [STEP] LABEL: still running after 1m20s" every STACKGEN_HEARTBEAT_SECONDS (default
+# 20), so a long `go build` or `pip install` is never silent (one short line each time:
+# readable in CI logs). STEP is $HEARTBEAT_STEP when set. Returns COMMAND's exit status.
+heartbeat() {
+    local label=$1 every=${STACKGEN_HEARTBEAT_SECONDS:-20} start ticker rc=0
+    shift
+    start=$(now_ms)
+    _heartbeat_ticks "${HEARTBEAT_STEP:+[$HEARTBEAT_STEP] }$label" "$every" "$start" "$BASHPID" &
+    ticker=$!
+    "$@" || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    return "$rc"
+}
+_heartbeat_ticks() {  # LABEL EVERY START_MS PARENT_PID (runs in the background)
+    local nap
+    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+    while kill -0 "$4" 2>/dev/null; do
+        sleep "$2" &
+        nap=$!
+        wait "$nap"
+        kill -0 "$4" 2>/dev/null || break
+        printf '    ... %s: still running after %s\n' "$1" "$(fmt_duration $(($(now_ms) - $3)))"
+    done
+}
+# A duration in ms as "45s" or "3m05s".
+fmt_duration() {
+    local s=$(($1 / 1000))
+    if ((s < 60)); then printf '%ds' "$s"; else printf '%dm%02ds' $((s / 60)) $((s % 60)); fi
+}
+
 # The cluster name bin/up and bin/down derive from an overlay folder
 # (overlays/example -> stackgen-example; tests/golden/CASE/overlay -> stackgen-CASE).
 derive_name() {
