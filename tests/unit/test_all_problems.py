@@ -495,3 +495,39 @@ def test_render_takes_policy(stackgen: Callable[..., Run], minimal: Path, tmp_pa
     run = stackgen("render", str(minimal), "--out", str(tmp_path / "out"), "--policy", "none")
     assert run.code == 0, run.stderr
     assert (tmp_path / "out" / "kustomization.yaml").is_file()
+
+
+# ------------------------------------------------------------ after bin/setup --core only
+
+
+def test_missing_monitoring_schemas_name_their_setup_step(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
+    """prometheus-operator's CRD schemas are not part of --core: the message says what to run."""
+    import os
+    import shutil
+
+    from tests.support.paths import ROOT
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(ROOT / ".tools" / "schemas", schemas, copy_function=os.link)
+    (schemas / "v1.33.0-standalone-strict" / "prometheusrule-monitoring-v1.json").unlink()
+    overlay = tmp_path / "rules"
+    write(overlay / "kustomization.yaml", "resources: [rule.yaml]\n")
+    write(
+        overlay / "rule.yaml",
+        """
+        apiVersion: monitoring.coreos.com/v1
+        kind: PrometheusRule
+        metadata: {name: alerts}
+        spec:
+          groups: [{name: stack, rules: [{alert: Down, expr: up == 0}]}]
+        """,
+    )
+    env = {"STACKGEN_SCHEMA_DIR": str(schemas)}
+    assert_rejected(
+        stackgen("build", str(overlay), "--policy", "none", env=env),
+        "kustomization.yaml: PrometheusRule/alerts: no offline schema for "
+        "monitoring.coreos.com/v1 PrometheusRule in Kubernetes 1.33.0: run "
+        "`bin/setup monitoring-schemas`, which converts them",
+    )

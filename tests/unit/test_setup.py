@@ -131,7 +131,7 @@ def test_pip_runs_while_go_builds(checkout: Path) -> None:
 def test_failed_background_step_fails_setup(checkout: Path) -> None:
     # A venv whose pip leaves no stackgen behind: the venv step fails, and so does bin/setup.
     fakes = checkout.parent / "fakes"
-    (fakes / "python3").write_text(FAKE_PYTHON.replace('printf \'#!/bin/sh', "exit 1; printf '"))
+    (fakes / "python3").write_text(FAKE_PYTHON.replace("printf '#!/bin/sh", "exit 1; printf '"))
     code, output, _ = setup(checkout, "venv", "kubeconform", FAKE_GO_SECONDS="1")
     assert code != 0, output
     assert "step 'venv'" in output and "FAILED" in output
