@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from stackgen.cli import options as opts
-from stackgen.common.errors import StackgenError, ToolError
+from stackgen.common.errors import Problem, StackgenError, ToolError
 from stackgen.common.output import err, notice, out
 from stackgen.common.status import ExitStatus
 
@@ -54,34 +54,24 @@ def command(
     from stackgen.pipeline import BuildOptions, build
 
     debug = bool((ctx.obj or {}).get("debug"))
+    options = BuildOptions(
+        kubernetes_version=kubernetes_version,
+        server_dry_run=server_dry_run,
+        ignore_missing_schemas=ignore_missing_schemas,
+        skip_missing_secrets=skip_missing_secrets,
+        policy=policy,
+    )
     reports: list[dict[str, Any]] = []
     tooling_failed = False
     for overlay in overlays:
         report: dict[str, Any] = {"overlay": overlay, "valid": False, "problems": [], "notices": []}
         try:
-            result = build(
-                overlay,
-                BuildOptions(
-                    kubernetes_version=kubernetes_version,
-                    server_dry_run=server_dry_run,
-                    ignore_missing_schemas=ignore_missing_schemas,
-                    skip_missing_secrets=skip_missing_secrets,
-                    policy=policy,
-                ),
-            )
+            result = build(overlay, options)
         except StackgenError as exc:
             if debug:
                 raise
             tooling_failed |= isinstance(exc, ToolError)
-            report["problems"] = [
-                {
-                    "file": p.file,
-                    "path": p.path,
-                    "message": p.message,
-                    **({"check": p.tag} if p.tag else {}),
-                }
-                for p in exc.problems
-            ]
+            report["problems"] = [_problem_json(p) for p in exc.problems]
             if output_format == "text":
                 for problem in exc.problems:
                     err(str(problem))
@@ -116,3 +106,13 @@ def command(
         out(f"{len(reports)} {noun}: {valid} valid, {invalid} invalid", nl=True)
     if invalid:
         ctx.exit(int(ExitStatus.TOOLING if tooling_failed else ExitStatus.INVALID))
+
+
+def _problem_json(problem: Problem) -> dict[str, str]:
+    """One problem in ``--output json`` (``check: policy`` for stackgen's own rules)."""
+    return {
+        "file": problem.file,
+        "path": problem.path,
+        "message": problem.message,
+        **({"check": problem.tag} if problem.tag else {}),
+    }
