@@ -136,3 +136,15 @@ def test_failed_background_step_fails_setup(checkout: Path) -> None:
     assert code != 0, output
     assert "step 'venv'" in output and "FAILED" in output
     assert not (checkout / ".tools" / "stamps" / "venv").exists()
+
+
+def test_failed_go_step_still_waits_for_pip(checkout: Path) -> None:
+    """A Go step that fails ends bin/setup, but not before pip finished (never half a venv)."""
+    fakes = checkout.parent / "fakes"
+    (fakes / "go").write_text(FAKE_GO.replace('sleep "${FAKE_GO_SECONDS:-3}"', "exit 1"))
+    code, output, _ = setup(checkout, "venv", "kubeconform", FAKE_PIP_SECONDS="2")
+    assert code != 0, output
+    assert "step 'kubeconform'" in output and "FAILED" in output
+    assert "stackgen, version 0.1.0" in output  # the venv step's output, after it finished
+    assert (checkout / ".tools" / "stamps" / "venv").is_file()
+    assert not (checkout / ".tools" / "stamps" / "kubeconform").exists()
