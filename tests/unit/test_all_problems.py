@@ -412,6 +412,26 @@ def test_kustomize_deprecation_warnings_are_shown(
     assert f"'{field}' is deprecated" in warnings[0]
 
 
+def test_kustomize_warning_from_a_stack_overlays_extra_kustomization(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    write(
+        minimal / "extra" / "kustomization.yaml", "commonLabels: {team: ci}\nresources: [cm.yaml]\n"
+    )
+    write(
+        minimal / "extra" / "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n",
+    )
+    set_stack(minimal, "secrets:\n", "kustomize:\n  resources: [extra]\nsecrets:\n")
+    run = stackgen("build", str(minimal))
+    assert run.code == 0, run.stderr
+    assert b"team: ci" in run.stdout
+    assert run.lines == [
+        "stackgen: warning: kustomize: 'commonLabels' is deprecated. Please use 'labels' "
+        "instead. Run 'kustomize edit fix' to update your Kustomization automatically."
+    ]
+
+
 def test_no_warning_for_current_fields(stackgen: Callable[..., Run], tmp_path: Path) -> None:
     run = stackgen("build", str(hello_world(tmp_path / "hello", HELLO)), "--policy", "none")
     assert run.code == 0, run.stderr
