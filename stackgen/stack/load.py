@@ -23,6 +23,7 @@ from stackgen.common.models import DispatchSettings, GitMirror
 from stackgen.common.podsteps import PluginSettings
 from stackgen.common.resources import load_schema
 from stackgen.stack.checks import check_stack
+from stackgen.stack.limits import limit_problems, non_finite_problems
 from stackgen.stack.model import (
     AdapterTls,
     AgentSettings,
@@ -141,8 +142,12 @@ def stack_problems(data: dict[str, Any], file: str) -> list[Problem]:
     # kustomize runs.
     from stackgen.common.schema_errors import schema_problems
 
-    problems = schema_problems(data, load_schema("stack"), file)
-    return problems or _mode_block_problems(data, file)
+    non_finite = list(non_finite_problems(data, file))
+    shown = {p.path for p in non_finite}
+    problems = [p for p in schema_problems(data, load_schema("stack"), file) if p.path not in shown]
+    if problems or non_finite:
+        return sorted(non_finite + problems, key=lambda p: p.path)
+    return _mode_block_problems(data, file) + limit_problems(data, file)
 
 
 def _mode_block_problems(data: dict[str, Any], file: str) -> list[Problem]:
