@@ -29,8 +29,10 @@ _QUEUE = "q" * 36  # buildkite-agent-<36>: a CronJob name of exactly 52 characte
 
 
 def _build(tmp_path: Path, namespace: str, *edits: tuple[str, str]) -> list[dict[str, Any]]:
-    """Build the minimal stack in ``namespace`` with its queue named ``_QUEUE`` and
-    ``edits`` (old, new) applied to stack.yaml; return the objects."""
+    """The objects of the minimal stack, in ``namespace``, its queue named ``_QUEUE``.
+
+    ``edits`` are (old, new) replacements in its stack.yaml.
+    """
     overlay = tmp_path / f"limits-{len(list(tmp_path.iterdir()))}"
     text = MINIMAL.replace("  name: mini\n", f"  name: mini\n  namespace: {namespace}\n")
     text = text.replace("  - name: default\n", f"  - name: {_QUEUE}\n")
@@ -45,7 +47,11 @@ def _build(tmp_path: Path, namespace: str, *edits: tuple[str, str]) -> list[dict
 
 
 def _dry_run(cluster: Cluster, objects: list[dict[str, Any]]) -> tuple[bool, str]:
-    proc = cluster.apply(objects, "--dry-run=server", check=False)
+    # Server-side apply: a client-side apply would add the last-applied-configuration
+    # annotation (a copy of the object) and double what the annotation limit counts.
+    proc = cluster.apply(
+        objects, "--server-side", "--force-conflicts", "--dry-run=server", check=False
+    )
     return proc.returncode == 0, proc.stderr
 
 
