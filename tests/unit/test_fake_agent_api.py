@@ -397,9 +397,7 @@ def test_ctl_enqueue_wait_prints_the_log_and_exits_with_the_jobs_status(
 ) -> None:
     access = register(fake)
     thread = _agent_thread(fake, access, exit_status="3")
-    code = ctl_main(
-        ["--url", fake.url, "enqueue", "--command", "make", "--env", "A=1", "--wait"]
-    )
+    code = ctl_main(["--url", fake.url, "enqueue", "--command", "make", "--env", "A=1", "--wait"])
     thread.join(5)
     out, err = capsys.readouterr()
     assert code == 3
@@ -448,10 +446,10 @@ def test_runs_standalone_with_only_the_standard_library(tmp_path: Path) -> None:
         shutil.copy(source, pkg)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    serve = ["--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file)]
+    advertise = ["--advertise-url", "http://fake-buildkite.sandbox.svc:8080"]
     proc = subprocess.Popen(
-        [sys.executable, "-E", "-S", "-m", "tests.support.fake_buildkite"]
-        + ["--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file)]
-        + ["--advertise-url", "http://fake-buildkite.sandbox.svc:8080"],
+        [sys.executable, "-E", "-S", "-m", "tests.support.fake_buildkite", *serve, *advertise],
         cwd=tmp_path / "app",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -471,9 +469,9 @@ def test_runs_standalone_with_only_the_standard_library(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=5) as resp:
             body = json.loads(resp.read())
         assert body["endpoint"] == "http://fake-buildkite.sandbox.svc:8080/v3"
+        ctl_args = ["-m", "tests.support.fake_buildkite.ctl", "--url", url, "agents"]
         ctl = subprocess.run(
-            [sys.executable, "-E", "-S", "-m", "tests.support.fake_buildkite.ctl"]
-            + ["--url", url, "agents"],
+            [sys.executable, "-E", "-S", *ctl_args],
             cwd=tmp_path / "app",
             capture_output=True,
             text=True,
