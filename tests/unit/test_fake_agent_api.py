@@ -203,7 +203,8 @@ def test_a_job_runs_accept_start_chunks_finish_and_the_fake_records_it(
     assert env["BUILDKITE_COMMAND"] == "make test" and env["STEP_VAR"] == "1"
     assert env["BUILDKITE_JOB_ID"] == uuid and env["BUILDKITE_AGENT_META_DATA_OS"] == "linux"
     assert env["BUILDKITE_AGENT_NAME"] == "agent-1" and env["BUILDKITE_LABEL"] == ":test:"
-    assert "BUILDKITE_REPO" not in env  # no repository: the agent skips the checkout
+    assert env["BUILDKITE_SKIP_CHECKOUT"] == "true"  # no repository: no checkout
+    assert env["BUILDKITE_REPO"] and env["BUILDKITE_PIPELINE_PROVIDER"]  # the agent needs them
     assert job["step"]["command"] == "make test" and job["chunks_max_size_bytes"] > 0
     job_token = job["token"]
     assert job_token and job_token != access
@@ -425,7 +426,7 @@ def test_control_client_enqueue_plugins_cancel_and_unreachable(fake: FakeBuildki
     uuid = bk.enqueue("default", "true", plugins=plugins, repository="/srv/repo.git")
     env = bk.job(uuid)["env"]
     assert json.loads(env["BUILDKITE_PLUGINS"]) == plugins
-    assert env["BUILDKITE_REPO"] == "/srv/repo.git"
+    assert env["BUILDKITE_REPO"] == "/srv/repo.git" and "BUILDKITE_SKIP_CHECKOUT" not in env
     assert bk.cancel(uuid) == "canceled"
     assert bk.wait(uuid, timeout=1)["state"] == "canceled"
     assert bk.log(uuid) == ""
