@@ -255,6 +255,19 @@ def test_a_job_runs_accept_start_chunks_finish_and_the_fake_records_it(
     assert fake.agents()[0]["jobs"] == [uuid] and fake.agents()[0]["current_job"] is None
 
 
+def test_plain_logs_drop_the_agents_timestamps_and_colours(fake: FakeBuildkite) -> None:
+    uuid = fake.enqueue("default", "x")
+    access = register(fake)
+    assert ping_job(fake, access) == uuid
+    token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
+    raw = "\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n".encode()
+    assert chunk(fake, uuid, token, 1, 0, raw).status == 201
+    assert fake.job_log(uuid) == raw.decode()
+    assert fake.job_log(uuid, plain=True) == "~~~ Running\n$ make\n"
+    assert FakeControl(fake.url).log(uuid, plain=True) == "~~~ Running\n$ make\n"
+    assert FakeControl(fake.url).log(uuid) == raw.decode()
+
+
 def test_tokens_only_reach_their_own_job(fake: FakeBuildkite) -> None:
     a_job, b_job = fake.enqueue("default", "a"), fake.enqueue("default", "b")
     a, b = register(fake, name="a"), register(fake, name="b")
