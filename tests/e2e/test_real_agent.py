@@ -10,8 +10,8 @@ exit status, the decoded log) is what Buildkite would show:
   (the agent's own env) is nowhere in a job's log, even one that prints its whole env;
 - a plugin given as ``BUILDKITE_PLUGINS`` JSON (a local git repository) runs its hook;
 - ``--acquire-job UUID`` runs exactly that job (registered with the job-acquisition token
-  the Stacks API issued, as exact mode does); a second acquire of it exits 27, the code
-  the agent documents for a rejected acquisition;
+  the Stacks API issued, as exact mode does); another acquire of it, while it runs or
+  after it finished, exits 27, the code the agent documents for a rejected acquisition;
 - cancelling a running ``sleep`` stops it: the agent sees ``canceling`` and finishes the
   job, which ends ``canceled``;
 - the fake as its own process, driven by ``python -m tests.support.fake_buildkite.ctl``
@@ -262,23 +262,28 @@ def test_acquire_job_runs_exactly_that_job_and_a_second_acquire_exits_27(
     fake: FakeBuildkite, agents: Agents
 ) -> None:
     older = fake.enqueue("exact", "echo should-not-run")
-    wanted = fake.enqueue("exact", "echo acquired-job-ran")
+    wanted = fake.enqueue("exact", "echo acquired-job-ran; sleep 2")
     token = _acquisition_token(fake, wanted)
 
     first = agents.start("--acquire-job", wanted, token=token, queue="exact")
+    wait_until("the acquired job to run", lambda: fake.job(wanted).state == "running")
+    # A duplicate agent while the first runs it (422: already acquired) ...
+    duplicate = agents.start("--acquire-job", wanted, queue="exact")
+    assert agents.wait(duplicate) == ACQUISITION_REJECTED, agents.log(duplicate)
     job = ended(fake, wanted, agents)
     assert agents.wait(first) == 0, agents.log(first)
     assert (job.state, job.exit_status) == ("finished", 0)
     assert "acquired-job-ran" in fake.job_log(wanted)
     assert token not in fake.job_log(wanted)
     assert fake.job(older).state == "scheduled"  # exactly that job, nothing else
-    (agent,) = fake.agents()
-    assert agent["bound_job"] == wanted and agent["ignore_in_dispatches"] is True
-    assert agent["jobs"] == [wanted]
+    first_agent = next(a for a in fake.agents() if a["name"] == "e2e-0")
+    assert first_agent["bound_job"] == wanted and first_agent["ignore_in_dispatches"] is True
+    assert first_agent["jobs"] == [wanted] and job.agent_uuid == first_agent["uuid"]
 
-    again = agents.start("--acquire-job", wanted, queue="exact")
-    assert agents.wait(again) == ACQUISITION_REJECTED, agents.log(again)
-    assert fake.job(wanted).agent_uuid == agent["uuid"]  # still the first agent's job
+    # ... and one after it finished (422: finished) exit 27 too.
+    late = agents.start("--acquire-job", wanted, queue="exact")
+    assert agents.wait(late) == ACQUISITION_REJECTED, agents.log(late)
+    assert fake.job(wanted).agent_uuid == first_agent["uuid"]  # still the first agent's job
 
 
 def test_cancel_stops_a_running_sleep_job(fake: FakeBuildkite, agents: Agents) -> None:
