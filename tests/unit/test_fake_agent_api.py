@@ -260,7 +260,7 @@ def test_plain_logs_drop_the_agents_timestamps_and_colours(fake: FakeBuildkite) 
     access = register(fake)
     assert ping_job(fake, access) == uuid
     token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
-    raw = "\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n".encode()
+    raw = b"\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n"
     assert chunk(fake, uuid, token, 1, 0, raw).status == 201
     assert fake.job_log(uuid) == raw.decode()
     assert fake.job_log(uuid, plain=True) == "~~~ Running\n$ make\n"
