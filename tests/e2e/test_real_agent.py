@@ -16,7 +16,8 @@ exit status, the decoded log) is what Buildkite would show:
   job, which ends ``canceled``;
 - the fake as its own process, driven by ``python -m tests.support.fake_buildkite.ctl``
   (``enqueue --wait`` prints the log and exits with the job's status), with a long-lived
-  agent taking job after job.
+  agent taking job after job;
+- injected server errors on log chunks and finish are retried by the agent.
 
 Without the agent binary (``bin/setup buildkite-agent``) the tests skip, or fail under
 ``STACKGEN_E2E_REQUIRED=1``.  Every agent process is stopped by its PID at the end; the
@@ -362,3 +363,20 @@ def test_ctl_drives_a_standalone_fake_and_a_long_lived_agent(agents: Agents) -> 
         fake_proc.send_signal(signal.SIGTERM)
         out, err = fake_proc.communicate(timeout=10)
     assert TOKEN not in out + err
+
+
+def test_the_agent_retries_through_server_errors_on_chunks_and_finish(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    """Injected 500s (the fake's fault injection reaches the agent API's routes too)."""
+    uuid = fake.enqueue("default", "echo survived-faults; exit 5")
+    fake.inject("agent_chunks", "500", times=2)
+    fake.inject("agent_finish", "503", times=1)
+    index = agents.start("--disconnect-after-job")
+    job = ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    assert (job.state, job.exit_status) == ("finished", 5)
+    assert "survived-faults" in fake.job_log(uuid)
+    assert fake.pending_faults == []
+    statuses = [r.status for r in fake.requests if r.route == "agent_finish"]
+    assert statuses == [503, 200]
