@@ -41,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_buildkite import FakeBuildkite, FakeJob, http_request
+from tests.support.fake_buildkite.ctl import FakeControl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT = REPO_ROOT / ".tools" / "bin" / "buildkite-agent"
@@ -357,6 +358,10 @@ def test_ctl_drives_a_standalone_fake_and_a_long_lived_agent(agents: Agents) -> 
         assert " e2e-0 default connected" in listed.stdout
         jobs = ctl("jobs").stdout.splitlines()
         assert len(jobs) == 2 and all("agent=e2e-0" in line for line in jobs), jobs
+        # Told to disconnect at its next ping, the agent exits by itself.
+        FakeControl(url).disconnect_agent(listed.stdout.split()[0])
+        assert standalone.wait(0, timeout=30) == 0, standalone.log(0)
+        assert " e2e-0 default disconnected" in ctl("agents").stdout
     finally:
         if standalone is not None:
             standalone.stop_all()

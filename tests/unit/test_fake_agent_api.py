@@ -302,6 +302,16 @@ def test_an_offered_job_goes_back_when_its_agent_disconnects_without_accepting(
     assert ping_job(fake, other) == uuid
 
 
+def test_an_agent_told_to_disconnect_hears_it_at_its_next_ping(fake: FakeBuildkite) -> None:
+    access = register(fake)
+    fake.enqueue("default", "x")
+    (agent,) = fake.agents()
+    FakeControl(fake.url).disconnect_agent(agent["uuid"])
+    assert call(fake, "GET", "/ping", access).json() == {"action": "disconnect"}
+    with pytest.raises(FakeControlError, match="404"):
+        FakeControl(fake.url).disconnect_agent("no-such-agent")
+
+
 # --------------------------------------------------------------------------- acquire
 
 

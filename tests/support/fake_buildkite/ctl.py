@@ -122,6 +122,10 @@ class FakeControl:
         """The agents that registered (no tokens)."""
         return list(self._call("GET", "agents")["agents"])
 
+    def disconnect_agent(self, uuid: str) -> None:
+        """Tell the agent (by its UUID) to disconnect at its next ping."""
+        self._call("POST", f"agents/{quote(uuid)}/disconnect")
+
     def wait(self, uuid: str, timeout: float = 300.0, poll: float = 0.25) -> dict[str, Any]:
         """Wait until the job ended (finished, canceled, …); returns it.
 
