@@ -9,6 +9,8 @@ exit status, the decoded log) is what Buildkite would show:
   their output; the environment hook's output is in the log; the registration token
   (the agent's own env) is nowhere in a job's log, even one that prints its whole env;
 - a plugin given as ``BUILDKITE_PLUGINS`` JSON (a local git repository) runs its hook;
+- a job with a repository is checked out; the commit and the command's own meta-data
+  reach the fake;
 - ``--acquire-job UUID`` runs exactly that job (registered with the job-acquisition token
   the Stacks API issued, as exact mode does); another acquire of it, while it runs or
   after it finished, exits 27, the code the agent documents for a rejected acquisition;
@@ -235,6 +237,39 @@ def test_a_plugin_from_buildkite_plugins_json_runs(fake: FakeBuildkite, agents: 
     log = fake.job_log(uuid)
     assert job.exit_status == 0, log
     assert "plugin says hola" in log and "command-ran" in log
+
+
+def test_a_checkout_records_its_commit_and_jobs_use_meta_data(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    """BUILDKITE_REPO set: the agent clones it and records the commit (meta-data)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = agents.root / "repo"
+    repo.mkdir()
+    (repo / "hello.txt").write_text("checked-out-content\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+    command = (
+        "cat hello.txt; buildkite-agent meta-data set greeting hola; "
+        'echo "read back: $(buildkite-agent meta-data get greeting)"'
+    )
+    uuid = fake.enqueue("default", command, repository=str(repo))
+    index = agents.start("--disconnect-after-job")
+    job = ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    log = fake.job_log(uuid, plain=True)
+    assert job.exit_status == 0, log
+    assert "checked-out-content" in log and "read back: hola" in log
+    data = fake.meta_data(uuid)
+    assert data["greeting"] == "hola"
+    assert data["buildkite:git:commit"].startswith(f"commit {head}")
 
 
 def _acquisition_token(fake: FakeBuildkite, uuid: str) -> str:

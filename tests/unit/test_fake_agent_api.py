@@ -369,6 +369,38 @@ def test_exact_mode_stacks_api_reservation_and_agent_acquire_share_one_job_state
     assert [j["id"] for j in listed.json()["jobs"]] == [other]
 
 
+# --------------------------------------------------------------------------- meta-data
+
+
+def test_meta_data_is_the_builds_and_needs_a_job_or_agent_token(fake: FakeBuildkite) -> None:
+    uuid = fake.enqueue("default", "x")
+    sibling = fake.add_job("default", build_uuid=fake.job(uuid).build_uuid, command="y")
+    stranger = fake.enqueue("default", "z")
+    access = register(fake)
+    assert ping_job(fake, access) == uuid
+    token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
+    build = fake.job(uuid).build_uuid
+
+    def data(scope: str, id_: str, action: str, body: Any = None, tok: str = token) -> Any:
+        return call(fake, "POST", f"/{scope}/{id_}/data/{action}", tok, body)
+
+    assert data("jobs", uuid, "exists", {"key": "k"}).json() == {"exists": False}
+    assert data("jobs", uuid, "get", {"key": "k"}).status == 404
+    assert data("jobs", uuid, "set", {"key": "k", "value": "v1"}).status == 200
+    batch = {"items": [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}]}
+    assert data("jobs", uuid, "set-batch", batch).status == 200
+    assert data("jobs", uuid, "set", {"key": "k", "value": ""}).status == 422
+    assert data("jobs", uuid, "get", {"key": "k"}).json() == {"key": "k", "value": "v1"}
+    assert data("builds", build, "keys").json() == ["a", "b", "k"]
+    assert data("builds", build, "exists", {"key": "a"}).json() == {"exists": True}
+    assert data("jobs", uuid, "exists", {"key": "a"}, TOKEN).status == 401
+    assert data("jobs", stranger, "exists", {"key": "a"}).status == 401  # another build's job
+    assert data("jobs", sibling, "exists", {"key": "a"}, access).json() == {"exists": True}
+    assert fake.meta_data(sibling) == {"a": "1", "b": "2", "k": "v1"}
+    assert fake.meta_data(stranger) == {}
+    assert FakeControl(fake.url).meta_data(uuid) == {"a": "1", "b": "2", "k": "v1"}
+
+
 # --------------------------------------------------------------------------- cancel
 
 

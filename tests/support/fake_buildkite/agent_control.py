@@ -85,6 +85,11 @@ class AgentControl(State):
             text = b"".join(data for _, data in chunks).decode("utf-8", "replace")
         return plain_log(text) if plain else text
 
+    def meta_data(self, uuid: str) -> dict[str, str]:
+        """The meta-data of the job's build (what ``buildkite-agent meta-data set`` wrote)."""
+        with self._lock:
+            return dict(self._meta_data.get(self._get(uuid).build_uuid, {}))
+
     def cancel_job(self, uuid: str) -> str:
         """Cancel a job as Buildkite's UI would; returns its new state.
 
@@ -151,7 +156,8 @@ class AgentControl(State):
         ``POST /_fake/enqueue`` ``{"queue", "command", "env"?, "plugins"?, "repository"?,
         "label"?, "priority"?}`` -> 201 ``{"uuid"}``; ``GET /_fake/jobs/<uuid>/log[?plain=1]``
         -> ``{"uuid", "state", "exit_status", "log"}``; ``POST /_fake/jobs/<uuid>/cancel`` ->
-        ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/agents`` -> ``{"agents"}``;
+        ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/jobs/<uuid>/meta-data`` ->
+        ``{"meta_data"}`` (its build's); ``GET /_fake/agents`` -> ``{"agents"}``;
         ``POST /_fake/agents/<uuid>/disconnect``.
         """
         if method == "POST" and path == ["enqueue"]:
@@ -173,7 +179,7 @@ class AgentControl(State):
             except KeyError as err:
                 raise ApiError(404, "Agent not found") from err
             return json_response(200, {})
-        if len(path) == 3 and path[0] == "jobs" and path[2] in ("log", "cancel"):
+        if len(path) == 3 and path[0] == "jobs" and path[2] in ("log", "cancel", "meta-data"):
             with self._lock:
                 if path[1] not in self._jobs:
                     raise ApiError(404, "Job not found")
@@ -188,6 +194,8 @@ class AgentControl(State):
                         "log": self.job_log(job.uuid, plain=plain),
                     },
                 )
+            if method == "GET" and path[2] == "meta-data":
+                return json_response(200, {"meta_data": self.meta_data(path[1])})
             if method == "POST" and path[2] == "cancel":
                 try:
                     state = self.cancel_job(path[1])

@@ -114,6 +114,10 @@ class FakeControl:
         query = "?plain=1" if plain else ""
         return str(self._call("GET", f"jobs/{quote(uuid)}/log{query}")["log"])
 
+    def meta_data(self, uuid: str) -> dict[str, str]:
+        """The meta-data of the job's build."""
+        return dict(self._call("GET", f"jobs/{quote(uuid)}/meta-data")["meta_data"])
+
     def cancel(self, uuid: str) -> str:
         """Cancel the job; returns its new state (``canceling`` while its agent stops it)."""
         return str(self._call("POST", f"jobs/{quote(uuid)}/cancel")["state"])

@@ -280,6 +280,7 @@ class State:
         self._agent_tokens: dict[str, str] = {}  # access token -> agent UUID
         self._job_tokens: dict[str, str] = {}  # job token -> job UUID
         self._chunks: dict[str, dict[int, tuple[int, bytes]]] = {}  # job -> seq -> (offset, data)
+        self._meta_data: dict[str, dict[str, str]] = {}  # build UUID -> key -> value
         for q in queues:
             self.add_queue(q)
         self.add_queue(default_queue)
