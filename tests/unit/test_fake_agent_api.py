@@ -16,13 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stackgen.dispatcher import webhook
 from tests.support.fake_buildkite import FakeBuildkite, HttpResponse, VirtualClock, http_request
 from tests.support.fake_buildkite.ctl import FakeControl, FakeControlError
 from tests.support.fake_buildkite.ctl import main as ctl_main
@@ -488,6 +491,43 @@ def test_control_client_enqueue_plugins_cancel_and_unreachable(fake: FakeBuildki
     assert bk.log(uuid) == ""
     with pytest.raises(FakeControlError, match="cannot reach"):
         FakeControl("http://127.0.0.1:9", timeout=1).agents()
+
+
+def test_enqueue_announces_each_job_with_a_signed_webhook(clock: VirtualClock) -> None:
+    """Checked by the dispatcher's own verifier: what a sandbox's dispatcher will receive."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k: v for k, v in self.headers.items()}, body))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/webhook"
+    secret = "webhook-secret-0123456789"
+    try:
+        with FakeBuildkite(TOKEN, clock=clock, webhook_url=url, webhook_secret=secret) as bk:
+            uuid = bk.enqueue("builds", "make")
+            ((headers, body),) = received
+            webhook.verify(headers, body, secret, now=time.time(), max_age=300)
+            assert webhook.parse(headers, body).queues == ("builds",)
+            assert json.loads(body)["job"]["id"] == uuid
+            assert bk.webhook_deliveries == [{"job_uuid": uuid, "at": clock(), "status": 202}]
+            assert FakeControl(bk.url).webhooks()[0]["status"] == 202
+    finally:
+        server.shutdown()
+        server.server_close()
+    with FakeBuildkite(TOKEN, clock=clock, webhook_url=url, webhook_secret=secret) as bk:
+        down = bk.enqueue("builds", "make")  # nothing listens any more
+        assert bk.job(down).state == "scheduled"
+        assert bk.webhook_deliveries[0]["status"] is None
 
 
 # --------------------------------------------------------------------------- standalone

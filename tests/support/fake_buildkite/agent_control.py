@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.support.fake_buildkite.state import FakeJob, State
+from tests.support.fake_buildkite.webhooks import send_webhook
 from tests.support.fake_buildkite.wire import (
     TERMINAL_STATES,
     ApiError,
@@ -65,7 +66,7 @@ class AgentControl(State):
             plugins = json.dumps(list(plugins), separators=(",", ":"))
         if repository:
             fields["repository"] = repository
-        return self.add_job(
+        uuid = self.add_job(
             queue,
             command=command,
             env=dict(env or {}),
@@ -73,6 +74,32 @@ class AgentControl(State):
             skip_checkout=not repository,
             **fields,
         )
+        if self.webhook_url:
+            self._announce(uuid, self.webhook_url)
+        return uuid
+
+    def _announce(self, uuid: str, url: str) -> None:
+        """Post a signed ``job.scheduled`` webhook for the job; record how it went."""
+        job = self.job(uuid)
+        try:
+            delivery = send_webhook(
+                url,
+                job=job,
+                hmac_key=self._webhook_secret,
+                mode="signature" if self._webhook_secret else "none",
+                organization_slug=self.organization_slug,
+            )
+            outcome: dict[str, Any] = {"status": delivery.status}
+        except Exception as err:  # unreachable receiver (urllib or httpx): scheduled anyway
+            outcome = {"status": None, "error": type(err).__name__}
+        with self._lock:
+            self._webhook_deliveries.append({"job_uuid": uuid, "at": self._clock(), **outcome})
+
+    @property
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """The ``job.scheduled`` webhooks :meth:`enqueue` sent: job, time, answer status."""
+        with self._lock:
+            return [dict(d) for d in self._webhook_deliveries]
 
     def job_log(self, uuid: str, *, plain: bool = False) -> str:
         """The job's log: the chunks its agent uploaded, in order, decoded (UTF-8).
@@ -157,7 +184,8 @@ class AgentControl(State):
         "label"?, "priority"?}`` -> 201 ``{"uuid"}``; ``GET /_fake/jobs/<uuid>/log[?plain=1]``
         -> ``{"uuid", "state", "exit_status", "log"}``; ``POST /_fake/jobs/<uuid>/cancel`` ->
         ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/jobs/<uuid>/meta-data`` ->
-        ``{"meta_data"}`` (its build's); ``GET /_fake/agents`` -> ``{"agents"}``;
+        ``{"meta_data"}`` (its build's); ``GET /_fake/webhooks`` -> ``{"webhooks"}`` (what
+        enqueue sent); ``GET /_fake/agents`` -> ``{"agents"}``;
         ``POST /_fake/agents/<uuid>/disconnect``.
         """
         if method == "POST" and path == ["enqueue"]:
@@ -171,6 +199,8 @@ class AgentControl(State):
                 **extra,
             )
             return json_response(201, {"uuid": uuid})
+        if method == "GET" and path == ["webhooks"]:
+            return json_response(200, {"webhooks": self.webhook_deliveries})
         if method == "GET" and path == ["agents"]:
             return json_response(200, {"agents": self.agents()})
         if method == "POST" and len(path) == 3 and path[0] == "agents" and path[2] == "disconnect":

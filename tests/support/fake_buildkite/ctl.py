@@ -118,6 +118,10 @@ class FakeControl:
         """The meta-data of the job's build."""
         return dict(self._call("GET", f"jobs/{quote(uuid)}/meta-data")["meta_data"])
 
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The ``job.scheduled`` webhooks enqueue sent (job, time, answer status)."""
+        return list(self._call("GET", "webhooks")["webhooks"])
+
     def cancel(self, uuid: str) -> str:
         """Cancel the job; returns its new state (``canceling`` while its agent stops it)."""
         return str(self._call("POST", f"jobs/{quote(uuid)}/cancel")["state"])
