@@ -15,7 +15,7 @@ from typing import Any, Literal
 from stackgen.common.defaults import stack_default
 from stackgen.common.files import display_path
 from stackgen.common.models import DispatchedQueue, DispatchSettings, GitMirror
-from stackgen.common.names import AGENT_WORKLOAD, queue_slug
+from stackgen.common.names import AGENT_WORKLOAD, SYSTEM_NAMESPACES, queue_slug
 from stackgen.common.podsteps import PluginSettings
 
 Mode = Literal["hpa", "dispatch", "exact"]
@@ -382,6 +382,11 @@ class Stack:
         """A secret file's content: its placeholder when it is absent and one was made."""
         placeholder = self.placeholders.get(path)
         return path.read_bytes() if placeholder is None else placeholder
+
+    @property
+    def owns_namespace(self) -> bool:
+        """Whether the stack's namespace is its own (not one every cluster has)."""
+        return self.namespace not in SYSTEM_NAMESPACES
 
     @property
     def hpa_queues(self) -> list[Queue]:

@@ -79,7 +79,9 @@ def test_validate_other_kubernetes_version(stackgen: Callable[..., Run], tmp_pat
         "--kubernetes-version",
         "1.32",
         "overlays/example",
-        env={"STACKGEN_SCHEMA_DIR": str(schemas)},
+        # A private cache too: a 1.32 conversion left in the user's cache by an earlier
+        # run would be found there, and nothing would be converted.
+        env={"STACKGEN_SCHEMA_DIR": str(schemas), "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
     assert run.code == 0, run.stderr
     assert "Kubernetes 1.32.0" in run.stdout.decode()
