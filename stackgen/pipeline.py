@@ -248,18 +248,19 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
 def plain_overlay(overlay: Path, options: BuildOptions) -> Source:
     """Step 1 for a plain kustomize overlay: only its sources are checked (for secrets).
 
-    That check runs while kustomize does, and its problems come with those of the built
-    objects: every problem in one run.
+    Its problems are reported with those of the built objects: every problem in one run.
     """
     kfile = kustomization_file(overlay)
     files = kustomize_files(overlay, first=kfile)
+    # Read before kustomize starts: a file it must not expand (an alias bomb) raises here.
+    literals = policy_lines(literal_secrets(files), options)
     file = display_path(kfile)
     return Source(
         root=overlay,
         file=file,
         kubernetes_version=options.kubernetes_version or DEFAULT_KUBERNETES_VERSION,
         policy=PolicyContext(file=file, dind_allowed=True, insecure_tls_allowed=True),
-        checks=lambda: raise_config(policy_lines(literal_secrets(files), options)),
+        checks=lambda: raise_config(literals),
         user_files=files,
         policies=options.policy != "none",
     )
