@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from stackgen import tools
-from stackgen.common import yamlio
+from stackgen.common import overlayfs, yamlio
 from stackgen.common.errors import BuildError, ConfigError, Problem, ToolError, ValidationError
 from stackgen.common.files import display_path
 from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
@@ -153,7 +153,10 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
     timer = Timer()
     overlay_path = Path(overlay)
     with Workdir() as workdir, contextlib.ExitStack() as cleanup:
-        if find_stack_file(overlay_path) is None:
+        stack_file = find_stack_file(overlay_path)
+        # Links out of the overlay, named pipes, devices: refused before a byte is read.
+        overlayfs.scan(overlay_path).check()
+        if stack_file is None:
             source = plain_overlay(overlay_path, options)
         else:
             source = load_and_compose(overlay_path, workdir.path / "tree", options, timer)

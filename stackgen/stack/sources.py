@@ -15,7 +15,7 @@ import yaml
 
 from stackgen.common import yamlio
 from stackgen.common.errors import Problem
-from stackgen.common.files import display_path
+from stackgen.common.files import UnsafeFile, display_path, read_regular
 from stackgen.stack.model import Stack
 
 
@@ -49,8 +49,8 @@ def literal_secrets(paths: list[Path]) -> list[Problem]:
     problems: list[Problem] = []
     for path in paths:
         try:
-            docs = list(yamlio.load_all(path.read_bytes()))
-        except (OSError, yaml.YAMLError):
+            docs = list(yamlio.load_all(read_regular(path.resolve())))
+        except (OSError, RuntimeError, UnsafeFile, yaml.YAMLError):
             continue  # kustomize reports unreadable files with its own words
         if path.name == "stack.yaml":
             continue

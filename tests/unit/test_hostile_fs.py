@@ -1,0 +1,171 @@
+"""Hostile file systems, remote references and tool output: what an attacker's overlay tries.
+
+Each case runs the real CLI in a fresh process.  stackgen must read nothing outside the
+overlay, never hang on a special file, never delete a folder it did not render, never
+reach the network, and never print a secret a tool quoted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import Run
+from tests.support.overlays import write
+from tests.unit.test_bad_input import TOKEN, assert_rejected, set_stack
+
+OUTSIDE_NAME = "leaked-from-outside"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the overlay, holding what must never reach a build."""
+    folder = tmp_path / "outside"
+    write(
+        folder / "leak.yaml",
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {OUTSIDE_NAME}}}\n",
+    )
+    write(folder / "token", "outside-token-value\n")
+    return folder
+
+
+def with_extra(overlay: Path, kustomization: str) -> Path:
+    """An extra kustomization folder ``extra/`` that stack.yaml adds."""
+    write(overlay / "extra" / "kustomization.yaml", kustomization)
+    set_stack(overlay, "secrets:\n", "kustomize:\n  resources: [extra]\nsecrets:\n")
+    return overlay / "extra"
+
+
+def quick(run: Run, started: float, limit: float = 30) -> Run:
+    assert time.monotonic() - started < limit, "a special file must be refused, not read"
+    return run
+
+
+# ------------------------------------------------------------- links and special files
+
+
+def test_link_out_used_only_by_an_extra_kustomization(
+    stackgen: Callable[..., Run], minimal: Path, outside: Path
+) -> None:
+    extra = with_extra(minimal, "resources: [leak.yaml]\n")
+    (extra / "leak.yaml").symlink_to(outside / "leak.yaml")
+    run = stackgen("build", str(minimal))
+    assert_rejected(
+        run, "mini/extra/leak.yaml: is a symbolic link that leads outside the overlay folder"
+    )
+    assert OUTSIDE_NAME not in run.stderr
+
+
+def test_link_out_that_nothing_uses(
+    stackgen: Callable[..., Run], minimal: Path, outside: Path
+) -> None:
+    (minimal / "notes.yaml").symlink_to(outside / "leak.yaml")
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "mini/notes.yaml: is a symbolic link that leads outside the overlay folder",
+    )
+
+
+def test_folder_link_out(stackgen: Callable[..., Run], minimal: Path, outside: Path) -> None:
+    (minimal / "vendor").symlink_to(outside, target_is_directory=True)
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "mini/vendor: is a symbolic link that leads outside the overlay folder",
+    )
+
+
+def test_stack_file_linked_outside(
+    stackgen: Callable[..., Run], minimal: Path, outside: Path
+) -> None:
+    (outside / "stack.yaml").write_text((minimal / "stack.yaml").read_text())
+    (minimal / "stack.yaml").unlink()
+    (minimal / "stack.yaml").symlink_to(outside / "stack.yaml")
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "mini/stack.yaml: is a symbolic link that leads outside the overlay folder",
+    )
+
+
+def test_stack_file_linked_outside_without_validation(
+    stackgen: Callable[..., Run], minimal: Path, outside: Path, tmp_path: Path
+) -> None:
+    # render --no-validate loads stack.yaml without the build's own scan first.
+    (outside / "stack.yaml").write_text((minimal / "stack.yaml").read_text())
+    (minimal / "stack.yaml").unlink()
+    (minimal / "stack.yaml").symlink_to(outside / "stack.yaml")
+    run = stackgen("render", str(minimal), "--out", str(tmp_path / "out"), "--no-validate")
+    assert_rejected(run, "mini/stack.yaml: is a symbolic link that leads outside the overlay")
+    assert not (tmp_path / "out").exists()
+
+
+def test_secret_linked_to_dev_zero(stackgen: Callable[..., Run], minimal: Path) -> None:
+    (minimal / "secrets" / "token").unlink()
+    (minimal / "secrets" / "token").symlink_to("/dev/zero")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(minimal)), started)
+    assert_rejected(run, "mini/secrets/token: is a symbolic link that leads outside")
+
+
+def test_secret_path_naming_a_device(stackgen: Callable[..., Run], minimal: Path) -> None:
+    set_stack(minimal, "file: secrets/token", "file: /dev/zero")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(minimal)), started)
+    # Composing runs before the schema check ends: the device is never read meanwhile.
+    assert_rejected(run, "secrets.agentToken.file: must be a path relative to the overlay")
+
+
+def test_fifo_that_nothing_uses(stackgen: Callable[..., Run], minimal: Path) -> None:
+    os.mkfifo(minimal / "secrets" / "pipe")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(minimal)), started)
+    assert_rejected(run, "mini/secrets/pipe: is a named pipe (FIFO), not a regular file")
+
+
+def test_fifo_as_the_token_file(stackgen: Callable[..., Run], minimal: Path) -> None:
+    (minimal / "secrets" / "token").unlink()
+    os.mkfifo(minimal / "secrets" / "token")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(minimal)), started)
+    assert_rejected(run, "mini/secrets/token: is a named pipe (FIFO), not a regular file")
+
+
+def test_fifo_in_a_plain_overlay(stackgen: Callable[..., Run], tmp_path: Path) -> None:
+    overlay = tmp_path / "plain"
+    write(overlay / "kustomization.yaml", "resources: [cm.yaml]\n")
+    os.mkfifo(overlay / "cm.yaml")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(overlay)), started)
+    assert_rejected(run, "plain/cm.yaml: is a named pipe (FIFO), not a regular file")
+
+
+def test_fifo_as_stack_file(stackgen: Callable[..., Run], minimal: Path) -> None:
+    (minimal / "stack.yaml").unlink()
+    os.mkfifo(minimal / "stack.yaml")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(minimal)), started)
+    assert_rejected(run, "mini/stack.yaml: is a named pipe (FIFO), not a regular file")
+
+
+def test_folder_link_loop(stackgen: Callable[..., Run], minimal: Path) -> None:
+    (minimal / "extra").mkdir()
+    (minimal / "extra" / "again").symlink_to(minimal, target_is_directory=True)
+    assert_rejected(
+        stackgen("build", str(minimal)),
+        "mini/extra/again: is a symbolic link to a folder that holds it (a loop)",
+    )
+
+
+def test_links_inside_the_overlay_are_followed(stackgen: Callable[..., Run], minimal: Path) -> None:
+    write(minimal / "shared" / "cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    extra = with_extra(minimal, "resources: [cm.yaml]\n")
+    (extra / "cm.yaml").symlink_to(minimal / "shared" / "cm.yaml")
+    (minimal / "secrets" / "real-token").write_text(f"{TOKEN}\n")
+    (minimal / "secrets" / "token").unlink()
+    (minimal / "secrets" / "token").symlink_to("real-token")
+    run = stackgen("build", str(minimal))
+    assert run.code == 0, run.stderr
+    assert b"name: x\n" in run.stdout
