@@ -169,3 +169,69 @@ def test_links_inside_the_overlay_are_followed(stackgen: Callable[..., Run], min
     run = stackgen("build", str(minimal))
     assert run.code == 0, run.stderr
     assert b"name: x\n" in run.stdout
+
+
+# ------------------------------------------------------------------- render --out
+
+
+def overlay_files(overlay: Path) -> set[str]:
+    return {p.relative_to(overlay).as_posix() for p in overlay.rglob("*")}
+
+
+def test_render_out_inside_the_overlay_is_refused_before_writing(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    before = overlay_files(minimal)
+    started = time.monotonic()
+    run = stackgen("render", str(minimal), "--out", str(minimal / "rendered"))
+    assert time.monotonic() - started < 30
+    assert_rejected(run, "mini/rendered: --out is inside the overlay")
+    assert len(run.stderr) < 500
+    assert overlay_files(minimal) == before
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_render_out_equal_to_the_overlay_is_refused(
+    stackgen: Callable[..., Run], minimal: Path, force: list[str]
+) -> None:
+    before = overlay_files(minimal)
+    run = stackgen("render", str(minimal), "--out", str(minimal), *force)
+    assert_rejected(run, "--out is inside the overlay")
+    assert overlay_files(minimal) == before
+
+
+def test_render_out_holding_the_overlay_is_refused(
+    stackgen: Callable[..., Run], minimal: Path, tmp_path: Path
+) -> None:
+    write(tmp_path / "sibling" / "secrets" / "token", "git-ignored\n")
+    run = stackgen("render", str(minimal), "--out", str(tmp_path), "--force")
+    assert_rejected(run, "--out holds the overlay: render into a folder beside it")
+    assert (minimal / "stack.yaml").is_file()
+    assert (tmp_path / "sibling" / "secrets" / "token").is_file()
+
+
+def test_render_force_refuses_a_folder_stackgen_did_not_render(
+    stackgen: Callable[..., Run], minimal: Path, tmp_path: Path
+) -> None:
+    precious = tmp_path / "precious"
+    write(precious / "keep.txt", "mine\n")
+    run = stackgen("render", str(minimal), "--out", str(precious), "--force")
+    assert_rejected(run, "precious: was not rendered by stackgen (no .stackgen-render in it)")
+    assert (precious / "keep.txt").read_text() == "mine\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".stackgen")] == []
+
+
+def test_render_force_replaces_what_it_rendered(
+    stackgen: Callable[..., Run], minimal: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rendered"
+    first = stackgen("render", str(minimal), "--out", str(out), "--no-validate")
+    assert first.code == 0, first.stderr
+    assert (out / ".stackgen-render").is_file()
+    (out / "stale.txt").write_text("old\n")
+    again = stackgen("render", str(minimal), "--out", str(out), "--force", "--no-validate")
+    assert again.code == 0, again.stderr
+    assert (out / ".stackgen-render").is_file()
+    assert not (out / "stale.txt").exists()
+    assert (out / "kustomization.yaml").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".stackgen")] == []
