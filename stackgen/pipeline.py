@@ -269,7 +269,13 @@ def kustomize_while_checking(
         kustomize.cancel()
         raise
     overlay = source.stack.overlay if source.stack else None
-    manifest = tools.finish_kustomize(kustomize, source.root, source.file, stack_overlay=overlay)
+    try:
+        manifest = tools.finish_kustomize(
+            kustomize, source.root, source.file, stack_overlay=overlay
+        )
+    except BaseException:  # Ctrl-C or SIGTERM while kustomize runs: stop it first
+        kustomize.cancel()
+        raise
     if tool_error is not None:
         raise tool_error
     return manifest, kubeconform

@@ -14,9 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -219,6 +220,7 @@ class Running:
         cwd: Path | None,
         timeout: float,
         open_stdin: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.tool = tool
         self._argv = [*tool.argv, *args]
@@ -230,6 +232,9 @@ class Running:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
+                env=env,
+                # Its own process group: cancel() stops whatever the tool started too.
+                process_group=0,
             )
         except OSError as exc:
             raise ToolError(f"cannot run {tool.name}: {exc.strerror}") from exc
@@ -278,13 +283,15 @@ class Running:
         return self._result
 
     def cancel(self) -> None:
-        """Stop the tool (its result is not wanted any more)."""
+        """Stop the tool and what it started (its result is not wanted any more)."""
         if self._proc.poll() is None:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=10)
         else:
-            self._proc.communicate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.communicate(timeout=10)
 
 
 def start(
@@ -295,9 +302,12 @@ def start(
     cwd: Path | None = None,
     timeout: float = 300,
     open_stdin: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Running:
     """Start a tool in the background (see :func:`run` and :class:`Running`)."""
-    return Running(tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin)
+    return Running(
+        tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin, env=env
+    )
 
 
 # ------------------------------------------------------------------------- kustomize build

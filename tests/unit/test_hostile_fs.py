@@ -8,6 +8,9 @@ reach the network, and never print a secret a tool quoted.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -235,3 +238,73 @@ def test_render_force_replaces_what_it_rendered(
     assert not (out / "stale.txt").exists()
     assert (out / "kustomization.yaml").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".stackgen")] == []
+
+
+# ----------------------------------------------------------------- SIGTERM mid-build
+
+
+def slow_kustomize(tmp_path: Path, marker: Path) -> dict[str, str]:
+    """Tools whose kustomize answers `version` and then hangs in `build` (pid in ``marker``)."""
+    from tests.support.paths import ROOT
+
+    tools = tmp_path / "slow-tools"
+    (tools / "bin").mkdir(parents=True)
+    (tools / "bin" / "kubeconform").symlink_to(ROOT / ".tools" / "bin" / "kubeconform")
+    write(
+        tools / "bin" / "kustomize",
+        f"""
+        #!/bin/bash
+        set -euo pipefail
+        if [ "$1" = version ]; then echo v5.8.1; exit 0; fi
+        echo $$ > {marker}
+        exec sleep 120
+        """,
+        mode=0o755,
+    )
+    return {"STACKGEN_TOOLS_DIR": str(tools)}
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_build_removes_the_temporary_tree(
+    minimal: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    from tests.support.paths import ROOT
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    marker = tmp_path / "kustomize.pid"
+    env = {**os.environ, **slow_kustomize(tmp_path, marker), "TMPDIR": str(temp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stackgen", "build", str(minimal)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not marker.read_text().strip():
+            assert time.monotonic() < deadline, "kustomize never started"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        trees = list(temp.glob("stackgen-*/tree/stack/overlay/secrets/token"))
+        assert trees, "the temporary tree holds the token while kustomize runs"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 1), err
+    assert out == b""
+    assert b"Traceback" not in err
+    assert list(temp.iterdir()) == [], "the temporary tree (with the token) must be removed"
+    assert gone(int(marker.read_text())), "kustomize must be stopped"
