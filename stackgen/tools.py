@@ -318,7 +318,7 @@ def start_kustomize(root: Path) -> Running:
     tool = kustomize()
     if tool.notice:
         notice(tool.notice)
-    return start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+    return start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root.absolute())])
 
 
 def finish_kustomize(
@@ -340,14 +340,25 @@ def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) 
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
     errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
+    # Map the absolute paths kustomize prints back to the user's files: a composed tree's
+    # copy of the overlay to the overlay, the rest of the tree to paths inside it.  Only
+    # whole absolute paths are replaced, never a short name inside a word.
     problems = []
     for line in errors:
-        # Map temp-tree paths back to the user's overlay so the message names real files.
-        if overlay is not None:
-            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
-        line = line.replace(str(root) + "/", "").replace(str(root), ".")
+        for absolute in {str(root.absolute()), str(root.resolve())}:
+            if overlay is None:
+                line = _replace_path(line, absolute, display_path(root))
+                continue
+            line = _replace_path(line, f"{absolute}/stack/overlay", display_path(overlay))
+            line = _replace_path(line.replace(f"{absolute}/", ""), absolute, ".")
         problems.append(Problem(file, "", f"kustomize: {line}"))
     return problems or [Problem(file, "", "kustomize failed without a message")]
+
+
+def _replace_path(line: str, absolute: str, shown: str) -> str:
+    """Replace the path ``absolute`` (and paths below it) by ``shown`` in ``line``."""
+    pattern = re.compile(re.escape(absolute) + r"(?![^/\s'\"\]:,)])")
+    return pattern.sub(lambda _: shown, line)
 
 
 def kubectl_json(kubectl: Tool, *args: str, timeout: float = 60) -> Any | None:

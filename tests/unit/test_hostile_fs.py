@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Run
-from tests.support.overlays import write
+from tests.support.overlays import MINIMAL, write
 from tests.unit.test_bad_input import TOKEN, assert_rejected, set_stack
 
 OUTSIDE_NAME = "leaked-from-outside"
@@ -308,3 +308,84 @@ def test_signal_mid_build_removes_the_temporary_tree(
     assert b"Traceback" not in err
     assert list(temp.iterdir()) == [], "the temporary tree (with the token) must be removed"
     assert gone(int(marker.read_text())), "kustomize must be stopped"
+
+
+# ------------------------------------------------------------ messages show real paths
+
+
+@pytest.mark.parametrize("name", ["e", "s", "."])
+def test_short_overlay_names_leave_kustomize_messages_intact(
+    stackgen: Callable[..., Run], tmp_path: Path, name: str
+) -> None:
+    folder = tmp_path / "work"
+    overlay = folder / name
+    write(overlay / "kustomization.yaml", "resources: [missing-file-source.yaml]\n")
+    run = stackgen("build", name, cwd=folder)
+    assert_rejected(run, "kustomization.yaml: kustomize: accumulating resources")
+    shown = "missing-file-source.yaml" if name == "." else f"{name}/missing-file-source.yaml"
+    assert shown in run.stderr, run.stderr
+    assert "no such file or directory" in run.stderr
+    assert str(tmp_path) not in run.stderr
+
+
+def test_stack_overlay_messages_name_the_overlay_not_the_temporary_tree(
+    stackgen: Callable[..., Run], tmp_path: Path, minimal: Path
+) -> None:
+    overlay = minimal.rename(tmp_path / "e")
+    with_extra(overlay, "resources: [missing-file-source.yaml]\n")
+    run = stackgen("build", "e", cwd=tmp_path)
+    assert_rejected(run, "e/stack.yaml: kustomize: ")
+    assert "e/extra/missing-file-source.yaml" in run.stderr, run.stderr
+    assert "/tmp/stackgen-" not in run.stderr and "stackgen-" not in run.stderr.split(":", 1)[1]
+
+
+# ------------------------------------------------------- validate keeps going
+
+
+def test_validate_checks_every_overlay_after_a_fifo(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
+    for name in ("a", "b", "c"):
+        write(tmp_path / name / "stack.yaml", MINIMAL)
+        write(tmp_path / name / "secrets" / "token", f"{TOKEN}\n")
+    os.mkfifo(tmp_path / "b" / "pipe")
+    run = stackgen("validate", "a", "b", "c", cwd=tmp_path)
+    assert run.code == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.lines == [
+        "b/pipe: is a named pipe (FIFO), not a regular file: stackgen reads only regular files"
+    ]
+    lines = run.stdout.decode().splitlines()
+    assert [line.split(" (")[0] for line in lines[:3]] == ["ok   a", "FAIL b", "ok   c"], lines
+    assert lines[-1] == "3 overlays: 2 valid, 1 invalid"
+
+
+def test_validate_reports_an_internal_error_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from stackgen import pipeline
+    from stackgen.cli import cli
+
+    real_build = pipeline.build
+
+    def flaky(overlay: str, options: pipeline.BuildOptions | None = None) -> pipeline.BuildResult:
+        if Path(overlay).name == "b":
+            raise RuntimeError("something nobody foresaw")
+        return real_build(overlay, options)
+
+    monkeypatch.setattr(pipeline, "build", flaky)
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b", "c"):
+        write(tmp_path / name / "stack.yaml", MINIMAL)
+        write(tmp_path / name / "secrets" / "token", f"{TOKEN}\n")
+    result = CliRunner().invoke(cli, ["validate", "a", "b", "c"])
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    assert [line[:4] for line in lines[:3]] == ["ok  ", "FAIL", "ok  "], lines
+    assert lines[-1] == "3 overlays: 2 valid, 1 invalid"
+    assert (
+        "b: internal error: RuntimeError: something nobody foresaw (run with --debug"
+        in result.stderr
+    )
