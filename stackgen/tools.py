@@ -97,13 +97,14 @@ _warming: list[threading.Thread] = []
 
 
 def warm_up(*names: str) -> None:
-    """Locate and version-check these tools (``kustomize``, ``kubeconform``) in the background.
+    """Locate and check these tools (``kustomize``, ``kubeconform``, ``unshare``) in the background.
 
     A failure is not reported here: the next :func:`kustomize` or :func:`kubeconform`
     call finds it again and raises it.
     """
-    finders: dict[str, Callable[[], Tool]] = {
+    finders: dict[str, Callable[[], object]] = {
         "kustomize": _find_kustomize,
+        "unshare": network_namespace,
         "kubeconform": _find_kubeconform,
     }
     for name in names:
@@ -114,7 +115,7 @@ def warm_up(*names: str) -> None:
         _warming.append(thread)
 
 
-def _quietly(finder: Callable[[], Tool]) -> None:
+def _quietly(finder: Callable[[], object]) -> None:
     # A failure is raised again by the caller's own lookup.
     with contextlib.suppress(Exception):
         finder()
@@ -242,7 +243,11 @@ class Running:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if not open_stdin:
-            self.finish(stdin)
+            try:
+                self.finish(stdin)
+            except BaseException:  # a signal before anyone holds this: stop the tool now
+                self.cancel()
+                raise
 
     def write(self, data: bytes) -> None:
         """Send input now (small amounts: the tool's output is read only after finish)."""
@@ -313,12 +318,71 @@ def start(
 # ------------------------------------------------------------------------- kustomize build
 
 
+#: Where kustomize's HTTP client and git would connect: the discard port on loopback,
+#: which nothing serves, so a fetch fails at once instead of reaching the network.
+_NOWHERE = "http://127.0.0.1:9"
+
+
+def offline_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) for a tool that must stay offline.
+
+    Every proxy variable points at a closed local port (Go's HTTP client and git honour
+    them); git may use only the ``file`` protocol, never prompts, and reads no system or
+    global configuration (no ``insteadOf`` rewriting a path into a URL); ssh is ``false``.
+    """
+    env = dict(os.environ if base is None else base)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY"):
+        env[name] = env[name.lower()] = _NOWHERE
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    env.update(
+        GIT_ALLOW_PROTOCOL="file",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_SSH_COMMAND="false",
+        GIT_ASKPASS="true",
+    )
+    return env
+
+
+@cache
+def network_namespace() -> tuple[str, ...]:
+    """``unshare --net --map-root-user --`` when this machine allows it, else nothing.
+
+    That is an empty network namespace (most machines allow one; many containers do not).
+    Go's HTTP client never sends loopback addresses to a proxy: only a namespace keeps
+    kustomize from 127.0.0.1 too.  ``STACKGEN_NO_NETNS=1`` turns it off.
+    """
+    path = shutil.which("unshare")
+    if path is None or os.environ.get("STACKGEN_NO_NETNS"):
+        return ()
+    argv = (path, "--net", "--map-root-user")
+    try:
+        subprocess.run([*argv, "true"], capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (*argv, "--")
+
+
 def start_kustomize(root: Path) -> Running:
-    """Start ``kustomize build`` of one folder in the background."""
+    """Start ``kustomize build`` of one folder in the background, cut off from the network.
+
+    The build refuses remote references before this runs
+    (:mod:`stackgen.stack.references`); should one slip through, kustomize runs in an
+    :func:`offline_environment`, and in a :func:`network_namespace` of its own (no network
+    at all, not even loopback) where the machine allows one.
+    """
     tool = kustomize()
     if tool.notice:
         notice(tool.notice)
-    return start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root.absolute())])
+    prefix = network_namespace()
+    if prefix:
+        tool = Tool(tool.name, (*prefix, *tool.argv), tool.version)
+    return start(
+        tool,
+        ["--load-restrictor", "LoadRestrictionsRootOnly", str(root.absolute())],
+        env=offline_environment(),
+    )
 
 
 def finish_kustomize(

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -389,3 +390,189 @@ def test_validate_reports_an_internal_error_and_goes_on(
         "b: internal error: RuntimeError: something nobody foresaw (run with --debug"
         in result.stderr
     )
+
+
+# ---------------------------------------------------------------------- no network
+
+
+class Listener:
+    """A TCP port on 127.0.0.1 that counts who connects (and answers nothing)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Any:
+    served = Listener()
+    yield served
+    served.close()
+
+
+REMOTES = [
+    "https://127.0.0.1:{port}/cm.yaml",
+    "http://127.0.0.1:{port}/cm.yaml",
+    "git@127.0.0.1:org/repo.git",
+    "ssh://git@127.0.0.1:{port}/org/repo.git",
+    "github.com/example/repo/deploy?ref=v1.0.0",
+    "https://127.0.0.1:{port}/org/repo.git//deploy?ref=main",
+    "git::https://127.0.0.1:{port}/org/repo.git",
+]
+
+
+@pytest.mark.parametrize("remote", REMOTES)
+def test_remote_resource_in_an_extra_kustomization_is_refused(
+    stackgen: Callable[..., Run], minimal: Path, listener: Listener, remote: str
+) -> None:
+    with_extra(minimal, f"resources: ['{remote.format(port=listener.port)}']\n")
+    run = stackgen("build", str(minimal))
+    assert_rejected(
+        run, "mini/extra/kustomization.yaml: resources[0]: is a remote reference", code=1
+    )
+    assert listener.connections == 0
+
+
+@pytest.mark.parametrize("field", ["resources", "components", "bases"])
+def test_remote_resource_in_a_plain_overlay_is_refused(
+    stackgen: Callable[..., Run], tmp_path: Path, listener: Listener, field: str
+) -> None:
+    overlay = tmp_path / "plain"
+    write(overlay / "kustomization.yaml", f"{field}: ['http://127.0.0.1:{listener.port}/x']\n")
+    run = stackgen("build", str(overlay))
+    assert_rejected(run, f"plain/kustomization.yaml: {field}[0]: is a remote reference")
+    assert listener.connections == 0
+
+
+def test_remote_resource_in_stack_yaml_is_refused_before_kustomize(
+    stackgen: Callable[..., Run], minimal: Path, listener: Listener
+) -> None:
+    set_stack(
+        minimal,
+        "secrets:\n",
+        f"kustomize:\n  resources: ['http://127.0.0.1:{listener.port}/x.yaml']\nsecrets:\n",
+    )
+    run = stackgen("build", str(minimal))
+    assert_rejected(run, "stack.yaml: kustomize.resources[0]: is a remote reference")
+    assert listener.connections == 0
+
+
+def test_local_path_out_of_the_overlay_in_an_extra_kustomization(
+    stackgen: Callable[..., Run], minimal: Path, outside: Path
+) -> None:
+    with_extra(
+        minimal,
+        f"resources: ['{outside}']\nconfigMapGenerator: [{{name: x, files: [../../outside/token]}}]\n",
+    )
+    run = stackgen("build", str(minimal))
+    assert_rejected(
+        run,
+        "mini/extra/kustomization.yaml: resources[0]: leads outside the overlay folder",
+        "mini/extra/kustomization.yaml: configMapGenerator[0]: leads outside the overlay folder",
+    )
+
+
+def test_plain_overlay_base_beside_it_is_checked_the_same_way(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
+    write(tmp_path / "base" / "kustomization.yaml", "resources: [cm.yaml]\n")
+    os.mkfifo(tmp_path / "base" / "cm.yaml")
+    write(tmp_path / "prod" / "kustomization.yaml", "resources: [../base]\n")
+    started = time.monotonic()
+    run = quick(stackgen("build", str(tmp_path / "prod")), started)
+    assert_rejected(run, "base/cm.yaml: is a named pipe (FIFO), not a regular file")
+
+
+def test_kustomize_runs_offline_even_if_a_remote_slips_through(
+    tmp_path: Path, listener: Listener
+) -> None:
+    # The refusal above is the first line; this is the second: kustomize itself started
+    # on a remote git reference (as if the check had missed it) never connects.
+    from stackgen import tools
+
+    overlay = tmp_path / "slipped"
+    url = f"https://127.0.0.1:{listener.port}/org/repo.git//deploy?ref=main"
+    write(overlay / "kustomization.yaml", f"resources: ['{url}']\n")
+    proc = tools.start_kustomize(overlay).wait()
+    assert proc.returncode != 0
+    assert b"transport 'https' not allowed" in proc.stderr, proc.stderr  # git: file only
+    if tools.network_namespace():  # where the machine allows one, not even loopback
+        assert b"network is unreachable" in proc.stderr, proc.stderr
+        assert listener.connections == 0
+
+
+def test_kustomize_http_fetches_go_to_a_closed_proxy(tmp_path: Path) -> None:
+    from stackgen import tools
+
+    overlay = tmp_path / "slipped"
+    write(overlay / "kustomization.yaml", "resources: ['http://stackgen-test.invalid/x.yaml']\n")
+    proc = tools.start_kustomize(overlay).wait()
+    assert proc.returncode != 0
+    assert b"127.0.0.1:9" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------- secrets never echoed
+
+
+def test_invalid_utf8_env_file_in_a_plain_overlay_is_not_echoed(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
+    overlay = tmp_path / "plain"
+    write(
+        overlay / "kustomization.yaml",
+        "secretGenerator:\n  - name: token\n    envs: [secret.env]\n",
+    )
+    (overlay / "secret.env").write_bytes(b"TOKEN=" + TOKEN.encode() + b"\xff\xfe\n")
+    run = stackgen("build", str(overlay))
+    assert_rejected(run, "plain/kustomization.yaml: kustomize: ", "invalid utf8", "<redacted>")
+    numbers = " ".join(str(b) for b in TOKEN.encode())
+    assert numbers not in run.stderr  # nor the token's bytes spelled as numbers
+
+
+def test_invalid_utf8_env_file_in_an_extra_kustomization_is_not_echoed(
+    stackgen: Callable[..., Run], minimal: Path
+) -> None:
+    extra = with_extra(minimal, "secretGenerator:\n  - name: other\n    envs: [other.env]\n")
+    (extra / "other.env").write_bytes(b"OTHER=other-secret-value\xff\n")
+    run = stackgen("build", str(minimal))
+    assert_rejected(run, "stack.yaml: kustomize: ", "<redacted>")
+    assert "other-secret-value" not in run.stderr
+    assert " ".join(str(b) for b in b"other-secret-value") not in run.stderr
+
+
+def test_redactor_hides_lines_values_and_byte_lists() -> None:
+    from stackgen.common.redact import REDACTED, Redactor
+
+    blob = b"# header line\nKEY=value-1234\nkey-line-secret\nabc\n"
+    redactor = Redactor([blob])
+    assert redactor.text("got value-1234 here") == f"got {REDACTED} here"
+    assert redactor.text("KEY=value-1234") == REDACTED
+    assert redactor.text("x key-line-secret y") == f"x {REDACTED} y"
+    assert redactor.text("abc stays: too short") == "abc stays: too short"
+    numbers = " ".join(str(b) for b in b"KEY=value-1234")
+    assert redactor.text(f"line [{numbers}] bad") == f"line [{REDACTED}] bad"
+    assert redactor.text("line [1 2 3] fine") == "line [1 2 3] fine"
