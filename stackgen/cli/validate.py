@@ -72,9 +72,7 @@ def command(
                 raise
             tooling_failed |= isinstance(exc, ToolError)
             problems = exc.problems if isinstance(exc, StackgenError) else [_internal(overlay, exc)]
-            report["problems"] = [
-                {"file": p.file, "path": p.path, "message": p.message} for p in problems
-            ]
+            report["problems"] = [_as_dict(p) for p in problems]
             if output_format == "text":
                 for problem in problems:
                     err(str(problem))
@@ -119,3 +117,7 @@ def _internal(overlay: str, exc: Exception) -> Problem:
         f"internal error: {type(exc).__name__}: {exc} "
         "(run with --debug for a traceback, and please report it)",
     )
+
+
+def _as_dict(problem: Problem) -> dict[str, str]:
+    return {"file": problem.file, "path": problem.path, "message": problem.message}
