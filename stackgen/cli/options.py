@@ -24,11 +24,12 @@ def kubernetes_version(func: F) -> F:
         metavar="X.Y.Z",
         default=None,
         help=_VERSION_HELP,
-        callback=_check_version,
+        callback=check_version,
     )(func)
 
 
-def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``v1.33``/``1.33`` become ``1.33.0``; anything else is refused."""
     if value is None:
         return None
     value = value.removeprefix("v")

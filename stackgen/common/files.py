@@ -145,6 +145,13 @@ def size_text(limit: int) -> str:
     return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit} bytes"
 
 
+def unbounded_problem(file: str, field: str, exc: yamlio.UnboundedYamlError) -> Problem:
+    """The one line for a YAML document :mod:`stackgen.common.yamlio` refuses to expand."""
+    mark = exc.problem_mark
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    return Problem(file, field, f"invalid YAML: {where}{exc.problem}")
+
+
 def read_yaml_file(path: Path) -> Any:
     """Read and parse a YAML file, turning every failure into a one-line ConfigError."""
     shown = display_path(path)

@@ -16,7 +16,7 @@ from stackgen.common.defaults import stack_default
 from stackgen.common.errors import ConfigError, Problem
 from stackgen.common.files import UnsafeFile, display_path, read_inside
 from stackgen.common.models import DispatchedQueue, DispatchSettings, GitMirror
-from stackgen.common.names import AGENT_WORKLOAD, queue_slug
+from stackgen.common.names import AGENT_WORKLOAD, SYSTEM_NAMESPACES, queue_slug
 from stackgen.common.podsteps import PluginSettings
 
 Mode = Literal["hpa", "dispatch", "exact"]
@@ -393,6 +393,11 @@ class Stack:
             raise ConfigError(
                 Problem(display_path(path), "", str(exc) or "file not found")
             ) from exc
+
+    @property
+    def owns_namespace(self) -> bool:
+        """Whether the stack's namespace is its own (not one every cluster has)."""
+        return self.namespace not in SYSTEM_NAMESPACES
 
     @property
     def hpa_queues(self) -> list[Queue]:

@@ -100,8 +100,12 @@ def token_problems(raw: str, file: str, field: str) -> list[Problem]:
                 "still holds the placeholder written by `stackgen init`: put the real token there",
             )
         ]
-    if "\n" in token:
+    if "\0" in token:
+        return [Problem(file, field, "contains a NUL character: a token is one line of text")]
+    if "\n" in token or "\r" in token:
         return [Problem(file, field, "must hold the token on a single line")]
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in token if ch != "\t"):
+        return [Problem(file, field, "contains a control character: a token is plain text")]
     if any(ch.isspace() for ch in token):
         return [Problem(file, field, "must be a single token without spaces")]
     return []
@@ -214,6 +218,17 @@ def git_credentials_problems(stack: Stack, path: Path) -> list[Problem]:
                 )
             )
     return problems
+
+
+def normalized_ssh_key(data: bytes) -> bytes:
+    """An SSH private key as ssh-add reads it: LF line ends, exactly one final newline.
+
+    A key saved on Windows (CRLF) or without its last newline is otherwise accepted by
+    the checks here but refused by ssh-add in every job ("error in libcrypto").
+    """
+    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    lines = [line.rstrip() for line in text.strip().split(b"\n")]
+    return b"\n".join(lines) + b"\n"
 
 
 def ssh_key_problems(stack: Stack, path: Path) -> list[Problem]:

@@ -186,7 +186,7 @@ def _kubeconform_args(
         "-output",
         "json",
         "-kubernetes-version",
-        kubernetes_version,
+        kubeschemas.schema_release(kubernetes_version),
         "-schema-location",
         str(root or schema_root(kubernetes_version)),
     ]
