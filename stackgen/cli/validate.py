@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from stackgen.cli import options as opts
-from stackgen.common.errors import StackgenError, ToolError
+from stackgen.common.errors import Problem, StackgenError, ToolError
 from stackgen.common.output import err, notice, out
 from stackgen.common.status import ExitStatus
 
@@ -66,17 +66,17 @@ def command(
                     skip_missing_secrets=skip_missing_secrets,
                 ),
             )
-        except StackgenError as exc:
+        except Exception as exc:
+            # One overlay failing, even in a way nobody foresaw, never stops the others.
             if debug:
                 raise
             tooling_failed |= isinstance(exc, ToolError)
-            report["problems"] = [
-                {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
-            ]
+            problems = exc.problems if isinstance(exc, StackgenError) else [_internal(overlay, exc)]
+            report["problems"] = [_as_dict(p) for p in problems]
             if output_format == "text":
-                for problem in exc.problems:
+                for problem in problems:
                     err(str(problem))
-                count = len(exc.problems)
+                count = len(problems)
                 out(f"FAIL {overlay} ({count} problem{'s' if count != 1 else ''})", nl=True)
         else:
             report.update(
@@ -107,3 +107,17 @@ def command(
         out(f"{len(reports)} {noun}: {valid} valid, {invalid} invalid", nl=True)
     if invalid:
         ctx.exit(int(ExitStatus.TOOLING if tooling_failed else ExitStatus.INVALID))
+
+
+def _internal(overlay: str, exc: Exception) -> Problem:
+    """An unforeseen failure of one overlay, as one line."""
+    return Problem(
+        overlay,
+        "",
+        f"internal error: {type(exc).__name__}: {exc} "
+        "(run with --debug for a traceback, and please report it)",
+    )
+
+
+def _as_dict(problem: Problem) -> dict[str, str]:
+    return {"file": problem.file, "path": problem.path, "message": problem.message}
