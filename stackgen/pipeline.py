@@ -33,10 +33,11 @@ from typing import Any
 import yaml
 
 from stackgen import tools
-from stackgen.common import yamlio
+from stackgen.common import overlayfs, yamlio
 from stackgen.common.errors import BuildError, ConfigError, Problem, ToolError, ValidationError
 from stackgen.common.files import display_path
 from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
+from stackgen.common.redact import Secrets
 from stackgen.compose import check_dispatcher_config, compose
 from stackgen.stack.checks import check_stack
 from stackgen.stack.load import (
@@ -47,7 +48,8 @@ from stackgen.stack.load import (
     stack_problems,
 )
 from stackgen.stack.model import Stack
-from stackgen.stack.placeholders import with_placeholders
+from stackgen.stack.placeholders import secret_file_fields, token_sources, with_placeholders
+from stackgen.stack.references import check_overlay, remote_extras
 from stackgen.stack.sources import kustomize_files, literal_secrets, user_sources
 from stackgen.validation.dry_run import server_dry_run
 from stackgen.validation.kubeconform import KubeconformRun, kubeconform_result, warm_kubeconform
@@ -55,6 +57,9 @@ from stackgen.validation.namespaces import declared_in_kube_system, moved_out_of
 from stackgen.validation.policies import PolicyContext, as_policy, check_objects
 
 __all__ = ["BuildOptions", "BuildResult", "build"]
+
+#: How kustomize's own warnings start among a build's notices.
+KUSTOMIZE_WARNING = "warning: kustomize: "
 
 
 @dataclass
@@ -157,14 +162,36 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
 
     """
     options = options or BuildOptions()
-    tools.warm_up("kustomize", *(["kubeconform"] if options.validate else []))
+    tools.warm_up("kustomize", "unshare", *(["kubeconform"] if options.validate else []))
+    secrets = Secrets()
+    try:
+        result = _build(Path(overlay), options, secrets)
+    except (BuildError, ValidationError, ToolError) as exc:
+        # What the tools said may quote a secret file (kustomize does): never print it.
+        secrets.scrub(exc)
+        raise
+    if any(n.startswith(KUSTOMIZE_WARNING) for n in result.notices):  # kustomize's words too
+        redactor = secrets.redactor()
+        result.notices = [redactor.text(n) for n in result.notices]
+    return result
+
+
+def _build(overlay_path: Path, options: BuildOptions, secrets: Secrets) -> BuildResult:
     timer = Timer()
-    overlay_path = Path(overlay)
     with Workdir() as workdir, contextlib.ExitStack() as cleanup:
-        if find_stack_file(overlay_path) is None:
+        stack_file = find_stack_file(overlay_path)
+        # Links out of the overlay, named pipes, devices: refused before a byte is read;
+        # remote references and paths out of the overlay before kustomize runs.
+        listing = overlayfs.scan(overlay_path).check()
+        refs = check_overlay(overlay_path, listing, plain=stack_file is None)
+        secrets.files += refs.secret_files
+        if stack_file is None:
+            raise_config(refs.problems)
             source = plain_overlay(overlay_path, options)
         else:
-            source = load_and_compose(overlay_path, workdir.path / "tree", options, timer)
+            source = load_and_compose(
+                overlay_path, workdir.path / "tree", options, timer, (refs.problems, secrets)
+            )
         timer.lap("compose")
         manifest, kubeconform, early = kustomize_while_checking(source, options, cleanup)
         timer.lap("kustomize")
@@ -178,13 +205,21 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
     return result
 
 
-def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Timer) -> Source:
+def load_and_compose(
+    overlay: Path,
+    dest: Path,
+    options: BuildOptions,
+    timer: Timer,
+    refs: tuple[list[Problem], Secrets],
+) -> Source:
     """Step 1 for a ``stack.yaml`` overlay: the model, and the composed tree in ``dest``.
 
     The schema check (jsonschema: ~0.1 s to import) is left to :attr:`Source.checks`,
     which run while kustomize does; until then the data is trusted, and any failure here
-    is first put to the schema.
+    is first put to the schema.  ``refs``: what the overlay's kustomizations point at
+    that kustomize must never fetch, and where the stack's secret material is collected.
     """
+    reference_problems, secrets = refs
     environ = os.environ if options.environ is None else options.environ
     data, stack_file = read_stack_data(overlay)
     shown = display_path(stack_file)
@@ -204,6 +239,13 @@ def load_and_compose(overlay: Path, dest: Path, options: BuildOptions, timer: Ti
     except Exception:
         schema_first()
         raise
+    secrets.files += [path for _, path in secret_file_fields(stack)]
+    secrets.values += [
+        environ[s.env] for s in token_sources(stack) if s.env is not None and s.env in environ
+    ]
+    reference_problems = reference_problems + remote_extras(stack)
+    if reference_problems:  # kustomize must not start: it would fetch them
+        raise_config(stack_problems(data, shown) + reference_problems)
     try:
         composed = compose(stack, dest, environ=environ, check=False)
     except Exception:
@@ -283,6 +325,7 @@ def kustomize_while_checking(
     overlay's are kept.  A missing kubeconform is reported after kustomize's own errors.
     """
     kustomize = tools.start_kustomize(source.root)
+    cleanup.callback(kustomize.cancel)  # whatever happens next (a signal too), it stops
     tool_error: ToolError | None = None
     kubeconform: KubeconformRun | None = None
     early: list[Problem] = []
@@ -311,10 +354,12 @@ def kustomize_while_checking(
             kustomize, source.root, source.file, stack_overlay=overlay, warnings=warnings
         )
     except BuildError as exc:
-        if early:
-            raise ConfigError(early + ([] if source.stack else exc.problems)) from exc
-        raise
-    source.notices += [f"warning: {line}" for line in warnings]
+        if not early:
+            raise
+        if source.stack is not None:
+            raise ConfigError(early) from exc
+        raise BuildError(early + exc.problems) from exc  # a BuildError: scrubbed by build()
+    source.notices += [f"warning: {line}" for line in warnings]  # KUSTOMIZE_WARNING
     if tool_error is not None:
         raise tool_error
     return manifest, kubeconform, early
@@ -331,7 +376,8 @@ def judge(
     """Step 3: kubeconform validates while the objects are parsed and the policies run.
 
     ``early``: the input checks' problems; reported first, with the policies' (and, for
-    a plain overlay, kubeconform's) in one :class:`ConfigError`.
+    a plain overlay, kubeconform's) in one :class:`ValidationError` (whose tool messages
+    :func:`build` scrubs).
     """
     if kubeconform is not None:
         kubeconform.validate(manifest)
@@ -362,9 +408,7 @@ def judge(
                 kubeconform, source.kubernetes_version, source.file
             )
             timer.lap("kubeconform")
-        if early:
-            raise_config(early + problems + policy)
-        raise_if(problems + policy)
+        raise_if(early + problems + policy)
     return result
 
 

@@ -67,15 +67,17 @@ def command(
         report: dict[str, Any] = {"overlay": overlay, "valid": False, "problems": [], "notices": []}
         try:
             result = build(overlay, options)
-        except StackgenError as exc:
+        except Exception as exc:
+            # One overlay failing, even in a way nobody foresaw, never stops the others.
             if debug:
                 raise
             tooling_failed |= isinstance(exc, ToolError)
-            report["problems"] = [_problem_json(p) for p in exc.problems]
+            problems = exc.problems if isinstance(exc, StackgenError) else [_internal(overlay, exc)]
+            report["problems"] = [_as_dict(p) for p in problems]
             if output_format == "text":
-                for problem in exc.problems:
+                for problem in problems:
                     err(str(problem))
-                count = len(exc.problems)
+                count = len(problems)
                 out(f"FAIL {overlay} ({count} problem{'s' if count != 1 else ''})", nl=True)
         else:
             report.update(
@@ -108,7 +110,17 @@ def command(
         ctx.exit(int(ExitStatus.TOOLING if tooling_failed else ExitStatus.INVALID))
 
 
-def _problem_json(problem: Problem) -> dict[str, str]:
+def _internal(overlay: str, exc: Exception) -> Problem:
+    """An unforeseen failure of one overlay, as one line."""
+    return Problem(
+        overlay,
+        "",
+        f"internal error: {type(exc).__name__}: {exc} "
+        "(run with --debug for a traceback, and please report it)",
+    )
+
+
+def _as_dict(problem: Problem) -> dict[str, str]:
     """One problem in ``--output json`` (``check: policy`` for stackgen's own rules)."""
     return {
         "file": problem.file,

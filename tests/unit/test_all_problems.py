@@ -199,6 +199,27 @@ def test_plain_overlay_kustomize_error_and_literal_secret_together(
     assert any("missing.yaml" in line for line in run.lines), run.lines
 
 
+def test_kustomize_error_reported_with_others_is_still_scrubbed(
+    stackgen: Callable[..., Run], tmp_path: Path
+) -> None:
+    """kustomize quotes an env file's bad line: with the literal secret's line, still redacted."""
+    overlay = tmp_path / "plain"
+    write(
+        overlay / "kustomization.yaml",
+        "resources: [secret.yaml]\nsecretGenerator:\n  - name: env\n    envs: [secret.env]\n",
+    )
+    write(overlay / "secret.yaml", LITERAL_TOKEN_SECRET.replace(TOKEN, "literal-in-git"))
+    (overlay / "secret.env").write_bytes(b"TOKEN=" + TOKEN.encode() + b"\xff\xfe\n")
+    run = stackgen("build", str(overlay))
+    assert_rejected(
+        run,
+        "secret.yaml: policy: stringData: Secret 'agent-token' holds literal values in git",
+        "plain/kustomization.yaml: kustomize: ",
+        "<redacted>",
+    )
+    assert " ".join(str(b) for b in TOKEN.encode()) not in run.stderr
+
+
 def test_plain_overlay_schema_and_policy_problems_together(
     stackgen: Callable[..., Run], tmp_path: Path
 ) -> None:
