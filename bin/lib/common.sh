@@ -28,31 +28,36 @@ elapsed() { fmt_ms $(($(now_ms) - START_MS)); }
 # 20), so a long `go build` or `pip install` is never silent (one short line each time:
 # readable in CI logs). STEP is $HEARTBEAT_STEP when set. Returns COMMAND's exit status.
 heartbeat() {
-    local label=$1 every=${STACKGEN_HEARTBEAT_SECONDS:-20} start ticker rc=0
+    local label=${HEARTBEAT_STEP:+[$HEARTBEAT_STEP] }$1 every=${STACKGEN_HEARTBEAT_SECONDS:-20}
+    local start ticker rc=0 parent=$BASHPID
     shift
-    start=$(now_ms)
-    _heartbeat_ticks "${HEARTBEAT_STEP:+[$HEARTBEAT_STEP] }$label" "$every" "$start" "$BASHPID" &
+    start=${EPOCHREALTIME/./}
+    # The ticker: builtins only between its naps, and a TERM that only sets a flag (it may
+    # come at any moment; leaving from inside the trap upsets bash's function bookkeeping).
+    (
+        hb_stop=0
+        hb_nap=""
+        trap 'hb_stop=1; [[ -z $hb_nap ]] || kill "$hb_nap" 2>/dev/null' TERM
+        while ((!hb_stop)) && kill -0 "$parent" 2>/dev/null; do
+            sleep "$every" &
+            hb_nap=$!
+            wait "$hb_nap" || true
+            ((!hb_stop)) || break
+            hb_now=${EPOCHREALTIME/./}
+            hb_took=$(((hb_now - start) / 1000000))
+            if ((hb_took < 60)); then
+                printf '    ... %s: still running after %ds\n' "$label" "$hb_took"
+            else
+                printf '    ... %s: still running after %dm%02ds\n' "$label" \
+                    $((hb_took / 60)) $((hb_took % 60))
+            fi
+        done
+    ) &
     ticker=$!
     "$@" || rc=$?
     kill "$ticker" 2>/dev/null || true
     wait "$ticker" 2>/dev/null || true
     return "$rc"
-}
-_heartbeat_ticks() {  # LABEL EVERY START_MS PARENT_PID (runs in the background)
-    local nap
-    trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-    while kill -0 "$4" 2>/dev/null; do
-        sleep "$2" &
-        nap=$!
-        wait "$nap"
-        kill -0 "$4" 2>/dev/null || break
-        printf '    ... %s: still running after %s\n' "$1" "$(fmt_duration $(($(now_ms) - $3)))"
-    done
-}
-# A duration in ms as "45s" or "3m05s".
-fmt_duration() {
-    local s=$(($1 / 1000))
-    if ((s < 60)); then printf '%ds' "$s"; else printf '%dm%02ds' $((s / 60)) $((s % 60)); fi
 }
 
 # The cluster name bin/up and bin/down derive from an overlay folder

@@ -572,3 +572,18 @@ def test_missing_monitoring_schemas_name_their_setup_step(
         "monitoring.coreos.com/v1 PrometheusRule in Kubernetes 1.33.0: run "
         "`bin/setup monitoring-schemas`, which converts them",
     )
+
+
+def test_kustomize_warnings_are_scrubbed_of_secret_content(
+    minimal: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should kustomize ever quote a secret file in a warning, the notice hides it."""
+    from stackgen import tools
+    from stackgen.pipeline import build
+
+    monkeypatch.setattr(
+        tools, "kustomize_warnings", lambda *_: [f"kustomize: odd line 'TOKEN={TOKEN}'"]
+    )
+    result = build(minimal)
+    warnings = [n for n in result.notices if n.startswith("warning: kustomize: ")]
+    assert warnings == ["warning: kustomize: odd line 'TOKEN=<redacted>'"], result.notices

@@ -148,3 +148,20 @@ def test_failed_go_step_still_waits_for_pip(checkout: Path) -> None:
     assert "stackgen, version 0.1.0" in output  # the venv step's output, after it finished
     assert (checkout / ".tools" / "stamps" / "venv").is_file()
     assert not (checkout / ".tools" / "stamps" / "kubeconform").exists()
+
+
+def test_heartbeat_stops_cleanly_whenever_the_command_ends() -> None:
+    """The ticker may be stopped at any moment: never a shell warning, never a stray line."""
+    script = (
+        "set -euo pipefail; PROG=t; source bin/lib/common.sh; "
+        "for i in $(seq 40); do STACKGEN_HEARTBEAT_SECONDS=0.03 heartbeat tick sleep 0.1; done; "
+        "heartbeat fails false || echo rc=$?; jobs -p | wc -l"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert lines[-2:] == ["rc=1", "0"]  # the status kept; no ticker left behind
+    assert all(line.startswith("    ... tick: still running after ") for line in lines[:-2])
