@@ -34,7 +34,14 @@ import yaml
 
 from stackgen import tools
 from stackgen.common import overlayfs, yamlio
-from stackgen.common.errors import BuildError, ConfigError, Problem, ToolError, ValidationError
+from stackgen.common.errors import (
+    BuildError,
+    ConfigError,
+    Problem,
+    StackgenError,
+    ToolError,
+    ValidationError,
+)
 from stackgen.common.files import display_path
 from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 from stackgen.common.redact import Secrets
@@ -166,8 +173,9 @@ def build(overlay: str | os.PathLike[str], options: BuildOptions | None = None) 
     secrets = Secrets()
     try:
         result = _build(Path(overlay), options, secrets)
-    except (BuildError, ValidationError, ToolError) as exc:
+    except StackgenError as exc:
         # What the tools said may quote a secret file (kustomize does): never print it.
+        # (A ConfigError too: it carries the tools' problems found in the same run.)
         secrets.scrub(exc)
         raise
     if any(n.startswith(KUSTOMIZE_WARNING) for n in result.notices):  # kustomize's words too
@@ -356,9 +364,7 @@ def kustomize_while_checking(
     except BuildError as exc:
         if not early:
             raise
-        if source.stack is not None:
-            raise ConfigError(early) from exc
-        raise BuildError(early + exc.problems) from exc  # a BuildError: scrubbed by build()
+        raise ConfigError(early + ([] if source.stack else exc.problems)) from exc
     source.notices += [f"warning: {line}" for line in warnings]  # KUSTOMIZE_WARNING
     if tool_error is not None:
         raise tool_error
@@ -376,8 +382,8 @@ def judge(
     """Step 3: kubeconform validates while the objects are parsed and the policies run.
 
     ``early``: the input checks' problems; reported first, with the policies' (and, for
-    a plain overlay, kubeconform's) in one :class:`ValidationError` (whose tool messages
-    :func:`build` scrubs).
+    a plain overlay, kubeconform's) in one :class:`ConfigError` (which :func:`build`
+    scrubs, as every error).
     """
     if kubeconform is not None:
         kubeconform.validate(manifest)
@@ -408,7 +414,9 @@ def judge(
                 kubeconform, source.kubernetes_version, source.file
             )
             timer.lap("kubeconform")
-        raise_if(early + problems + policy)
+        if early:
+            raise_config(early + problems + policy)
+        raise_if(problems + policy)
     return result
 
 
