@@ -166,9 +166,10 @@ def _replay(
     bk_rtt = replay.median_rtt(
         lambda: http("GET", f"{fake_url}/_fake/jobs/00000000-0000-0000-0000-000000000000")
     )
+    batch: Any = watcher.batch
     kube_rtt = replay.median_rtt(
         lambda: (
-            watcher.batch.list_namespaced_job(
+            batch.list_namespaced_job(
                 namespace, label_selector=peer.UUID_LABEL, _preload_content=False
             ).data
         )
@@ -293,6 +294,7 @@ def columns(run: replay.RowRun, audit_log: Path) -> dict[str, Any]:
         "k8s_writes_detail": writes.jsonable(),
         "buildkite_calls": sum(run.buildkite_calls.values()),
         "buildkite_calls_per_job": sum(run.buildkite_calls.values()) / n,
+        "buildkite_calls_by_route": dict(run.buildkite_calls),
         "controller_cpu_s": round(run.dispatcher_cpu, 3),
         "timed_out": run.timed_out,
     }
@@ -336,7 +338,7 @@ def side_by_side(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     )
 
 
-RATIO_COLUMNS = (
+RATIO_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
     ("Job p50", lambda c: c["to_job"]["p50"]),
     ("Job p95", lambda c: c["to_job"]["p95"]),
     ("pod created p50", lambda c: c["to_pod"]["p50"]),
