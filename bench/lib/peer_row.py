@@ -296,6 +296,8 @@ def columns(run: replay.RowRun, audit_log: Path) -> dict[str, Any]:
         "buildkite_calls_per_job": sum(run.buildkite_calls.values()) / n,
         "buildkite_calls_by_route": dict(run.buildkite_calls),
         "controller_cpu_s": round(run.dispatcher_cpu, 3),
+        # kube-controller-manager's /metrics over the replay: its client limiter's waits.
+        "kcm": replay.controller_figures(run.controller_before, run.controller_after),
         "timed_out": run.timed_out,
     }
 
