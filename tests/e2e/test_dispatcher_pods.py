@@ -72,6 +72,18 @@ def test_pods_without_jobs_exactly_once_and_collected_after_their_ttl(
     with Agents(cluster, fake, stack.namespace) as agents:
         builds = fake.add_jobs("builds", 12)
         deploys = fake.add_jobs("deploy", 20)
+        first = wait_for(lambda: agent_pods(cluster, stack.namespace), timeout=30, interval=0.1)
+        owners = {
+            (o["kind"], o["name"], o.get("controller"))
+            for p in first
+            for o in p["metadata"].get("ownerReferences") or []
+        }
+        assert owners and owners <= {
+            ("CronJob", "buildkite-agent-builds", False),
+            ("CronJob", "buildkite-agent-deploy", False),
+        }
+        assert all(p["spec"]["restartPolicy"] == "Never" for p in first)
+        assert all(p["spec"]["activeDeadlineSeconds"] > 0 for p in first)
         wait_for(
             lambda: all(fake.job(u).state == "finished" for u in builds + deploys),
             timeout=90,
@@ -81,35 +93,26 @@ def test_pods_without_jobs_exactly_once_and_collected_after_their_ttl(
         exact = [p for p in agents.seen if p.startswith("buildkite-agent-deploy-")]
         assert sorted(agents.ran[p] for p in exact if p in agents.ran) == sorted(deploys)
         assert len(exact) == len(deploys)  # one pod per exact job, no second one
-    owners = {
-        (o["kind"], o["name"])
-        for p in agent_pods(cluster, stack.namespace)
-        for o in p["metadata"].get("ownerReferences") or []
-    }
-    assert owners <= {
-        ("CronJob", "buildkite-agent-builds"),
-        ("CronJob", "buildkite-agent-deploy"),
-    }
-    assert dispatcher.metric('stackgen_agent_pods_created_total{queue="deploy"') == len(deploys)
-    assert dispatcher.metric('stackgen_jobs_created_total{queue="deploy"') == 0
-    # The dispatcher collects finished pods after ttlSecondsAfterFinished (5 s); their
-    # token Secrets go with them.
-    wait_for(
-        lambda: not agent_pods(cluster, stack.namespace),
-        timeout=60,
-        what="finished agent pods collected by the dispatcher",
-    )
-    wait_for(
-        lambda: (
-            not [
-                s
-                for s in cluster.items("secrets", namespace=stack.namespace)
-                if s["metadata"]["name"].endswith("-acquire")
-            ]
-        ),
-        timeout=60,
-        what="token Secrets collected with their pods",
-    )
+        assert dispatcher.metric('stackgen_agent_pods_created_total{queue="deploy"') == len(deploys)
+        assert dispatcher.metric('stackgen_jobs_created_total{queue="deploy"') == 0
+        # The dispatcher collects finished pods after ttlSecondsAfterFinished (5 s); their
+        # token Secrets go with them.  (The agents run on: idle ones exit after 5 s.)
+        wait_for(
+            lambda: not agent_pods(cluster, stack.namespace),
+            timeout=60,
+            what="finished agent pods collected by the dispatcher",
+        )
+        wait_for(
+            lambda: (
+                not [
+                    s
+                    for s in cluster.items("secrets", namespace=stack.namespace)
+                    if s["metadata"]["name"].endswith("-acquire")
+                ]
+            ),
+            timeout=60,
+            what="token Secrets collected with their pods",
+        )
     assert dispatcher.metric('stackgen_agent_pods_collected_total{reason="ttl"') >= len(deploys)
 
 
@@ -147,12 +150,12 @@ def test_kill_9_mid_burst_leaves_no_duplicate_and_no_orphan(
             uuid = pod["metadata"]["labels"]["stackgen.io/buildkite-job"]
             seen.setdefault(uuid, set()).add(pod["metadata"]["name"])
         assert all(len(names) == 1 for names in seen.values()), seen
-    # No orphans: every pod either of them made is collected by the survivor.
-    wait_for(
-        lambda: not agent_pods(cluster, stack.namespace),
-        timeout=60,
-        what="every agent pod collected after the kill",
-    )
+        # No orphans: every pod either of them made is collected by the survivor.
+        wait_for(
+            lambda: not agent_pods(cluster, stack.namespace),
+            timeout=60,
+            what="every agent pod collected after the kill",
+        )
     created = second.metric('stackgen_agent_pods_created_total{queue="deploy"')
     assert created <= len(deploys)
 
