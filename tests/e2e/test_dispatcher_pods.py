@@ -194,5 +194,8 @@ def test_stuck_pods_are_retried_then_failed_and_canceled_jobs_lose_their_pod(
     assert finished["job_uuid"] == uuid
     assert "did not start within 10s" in finished["detail"]
     assert "Unschedulable" in finished["detail"] or "nodeSelector" in finished["detail"]
-    assert any("retrying" in n["detail"] for n in fake.notifications)
+    # Attempt 1 was noted on the timeline, then attempt 2 made (and given up on).
+    notes = [n["detail"] for n in fake.notifications if "did not start" in n["detail"]]
+    assert len(notes) == 2 and f"{uuid}-1 did not start" in notes[0]
+    assert f"{uuid}-2 did not start" in notes[1]
     wait_for(lambda: not pod_of(uuid), timeout=30, what="the stuck pods deleted")
