@@ -363,3 +363,31 @@ def test_the_dispatcher_role_may_create_and_delete_pods() -> None:
         for verb in rule.get("verbs") or []
     }
     assert {"create", "get", "delete", "patch", "list", "watch"} <= verbs
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, 5.0), (503, None), (None, None)])
+def test_a_kubernetes_fault_on_pod_create_is_retried_with_its_retry_after(
+    dispatcher: Dispatcher,
+    buildkite: FakeBuildkite,
+    kube: FakeKube,
+    clock: VirtualClock,
+    status: int | None,
+    retry_after: float | None,
+) -> None:
+    """The dispatcher's own pacing: the API server's 429 and its Retry-After, as for Jobs."""
+    uuids = buildkite.add_jobs("deploy", 3)
+    kube.fail("create_pod", status, times=3, retry_after=retry_after)
+    failed_at = clock()
+    dispatcher.run_cycle("poll", only={"deploy"})
+    if retry_after:
+        assert dispatcher.next_due["deploy"] >= failed_at + retry_after
+    for _ in range(10):
+        if len(pods_of(kube, "deploy")) == 3:
+            break
+        clock.advance(max(0.0, dispatcher.next_due["deploy"] - clock()) + 0.01)
+        dispatcher.run_cycle("poll", only={"deploy"})
+    assert sorted(
+        p["metadata"]["labels"]["stackgen.io/buildkite-job"]
+        for p in pods_of(kube, "deploy").values()
+    ) == sorted(uuids)
+    assert clock() - failed_at < 30  # within the short reservation
