@@ -72,6 +72,19 @@ def skip_missing_secrets(func: F) -> F:
     )(func)
 
 
+def policy(func: F) -> F:
+    """``--policy stack|none``."""
+    return click.option(
+        "--policy",
+        type=click.Choice(["stack", "none"]),
+        default="stack",
+        show_default=True,
+        help="stack: stackgen's policies judge the built objects (lines marked 'policy:'); "
+        "none: only what kustomize, the Kubernetes schemas and stack.yaml's own checks "
+        "refuse (plain overlays that are not agent stacks, kustomize's examples).",
+    )(func)
+
+
 overlay_argument = click.argument(
     "overlay", type=click.Path(file_okay=True, dir_okay=True, path_type=str)
 )

@@ -18,7 +18,13 @@ import yaml
 from stackgen.common import yamlio
 from stackgen.common.defaults import section_defaults, stack_default
 from stackgen.common.errors import ConfigError, Problem
-from stackgen.common.files import display_path, read_yaml_file, unbounded_problem
+from stackgen.common.files import (
+    UnsafeFile,
+    display_path,
+    read_yaml_file,
+    resolve_inside,
+    unbounded_problem,
+)
 from stackgen.common.models import DispatchSettings, GitMirror
 from stackgen.common.podsteps import PluginSettings
 from stackgen.common.resources import load_schema
@@ -124,6 +130,12 @@ def read_stack_data(overlay: Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError(
             Problem(display_path(overlay), "", f"has no {STACK_FILE} (a plain kustomize overlay)")
         )
+    if stack_file.is_symlink():
+        try:
+            resolve_inside(overlay, stack_file)
+        except UnsafeFile as exc:
+            shown = display_path(stack_file)
+            raise ConfigError(Problem(shown, "", f"is a symbolic link that {exc.reason}")) from exc
     data = read_yaml_file(stack_file)
     if not isinstance(data, dict):
         raise ConfigError(

@@ -15,14 +15,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stackgen.common.errors import Problem
-from stackgen.common.files import display_path
+from stackgen.common.files import UnsafeFile, display_path, read_regular
 from stackgen.common.names import adapter_service_dns
-from stackgen.stack.model import SshKey, Stack
+from stackgen.stack.model import SECRET_FILE_BYTES, SshKey, Stack
 
 #: What ``stackgen init`` writes into secret files the user still has to fill in.
 PLACEHOLDER_MARKER = "REPLACE-ME"
 
-_MAX_SECRET_BYTES = 1024 * 1024
+_MAX_SECRET_BYTES = SECRET_FILE_BYTES
 
 
 def resolve_inside(
@@ -48,18 +48,13 @@ def read_secret(
     resolved, problems = resolve_inside(overlay, path, file, field)
     if resolved is None:
         return None, problems
-    if resolved.is_dir():
-        return None, [Problem(file, field, "is a folder, not a file")]
     try:
-        with resolved.open("rb") as fh:
-            data = fh.read(_MAX_SECRET_BYTES + 1)
-    except PermissionError:
-        return None, [Problem(file, field, "cannot read: permission denied")]
-    except OSError as exc:
-        return None, [Problem(file, field, f"cannot read: {exc.strerror}")]
-    if len(data) > _MAX_SECRET_BYTES:
-        return None, [Problem(file, field, "is larger than 1 MiB: not a secret file")]
-    return data, []
+        # Never a named pipe or a device: checked on the open file, read up to the bound.
+        return read_regular(resolved, _MAX_SECRET_BYTES), []
+    except FileNotFoundError:
+        return None, [Problem(file, field, f"file not found: {display_path(path)}")]
+    except UnsafeFile as exc:
+        return None, [Problem(file, field, exc.reason)]
 
 
 def read_text(overlay: Path, path: Path, file: str, field: str) -> tuple[str | None, list[Problem]]:

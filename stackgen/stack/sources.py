@@ -15,7 +15,7 @@ import yaml
 
 from stackgen.common import yamlio
 from stackgen.common.errors import ConfigError, Problem
-from stackgen.common.files import display_path, unbounded_problem
+from stackgen.common.files import UnsafeFile, display_path, read_regular, unbounded_problem
 from stackgen.stack.model import Stack
 
 
@@ -59,10 +59,10 @@ def literal_secrets(paths: list[Path]) -> list[Problem]:
     problems: list[Problem] = []
     for path in paths:
         try:
-            docs = list(yamlio.load_all(path.read_bytes()))
+            docs = list(yamlio.load_all(read_regular(path.resolve())))
         except yamlio.UnboundedYamlError as exc:
             raise ConfigError(unbounded_problem(display_path(path), "", exc)) from exc
-        except (OSError, yaml.YAMLError):
+        except (OSError, RuntimeError, UnsafeFile, yaml.YAMLError):
             continue  # kustomize reports unreadable files with its own words
         if path.name == "stack.yaml":
             continue
