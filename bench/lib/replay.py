@@ -111,7 +111,7 @@ class Settings:
             "after connecting)"
         )
 
-    def queues_yaml(self, queues: list[str], mode: str) -> str:
+    def queues_yaml(self, queues: list[str], mode: str, workload: str = "job") -> str:
         lines = ["queues:"]
         for queue in queues:
             lines += [
@@ -125,6 +125,7 @@ class Settings:
                 f"      podStartTimeoutSeconds: {self.pod_start_timeout}",
                 f"      cooldown: {{share: {self.cooldown_share}, "
                 f"timeoutSeconds: {self.cooldown_timeout}}}",
+                f"      workload: {workload}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -133,14 +134,18 @@ class Settings:
 class Row:
     mode: str  # dispatch | exact
     webhook: bool
+    #: job: the dispatcher creates Jobs; pod: it creates the agent pods itself.
+    workload: str = "job"
 
     @property
     def key(self) -> str:
-        return f"{self.mode}-{'webhook' if self.webhook else 'poll'}"
+        suffix = "-pod" if self.workload == "pod" else ""
+        return f"{self.mode}-{'webhook' if self.webhook else 'poll'}{suffix}"
 
     def name(self, settings: Settings) -> str:
         how = "webhook" if self.webhook else f"poll {settings.poll_interval} s"
-        return f"stackgen {self.mode}, {how}"
+        pods = ", pods" if self.workload == "pod" else ""
+        return f"stackgen {self.mode}, {how}{pods}"
 
     def strategy(self, settings: Settings) -> sim.StackgenStrategy:
         return sim.StackgenStrategy(
@@ -154,6 +159,10 @@ class Row:
             pod_start_timeout=float(settings.pod_start_timeout),
             ttl_after_finished=float(settings.ttl_after_finished),
             idle_timeout=float(settings.idle_timeout),
+            # Pod rows: no Job controller queue; the sim's closest world is that queue
+            # without its client rate limit (its per-object sync delay stays).
+            kcm_qps=1e6 if self.workload == "pod" else None,
+            kcm_burst=10**6 if self.workload == "pod" else None,
         )
 
 
@@ -162,6 +171,10 @@ ROWS = (
     Row("dispatch", True),
     Row("exact", False),
     Row("exact", True),
+    Row("dispatch", False, "pod"),
+    Row("dispatch", True, "pod"),
+    Row("exact", False, "pod"),
+    Row("exact", True, "pod"),
 )
 
 
@@ -181,6 +194,13 @@ def scale_trace(tr: Trace, start: float, end: float, speed: float) -> Trace:
     ]
     params = replace(tr.params, start=0.0, end=(end - start) / speed)
     return Trace(params, jobs)
+
+
+def burst_trace(tr: Trace, n: int, duration: float = 5.0) -> Trace:
+    """``n`` jobs scheduled together 1 s into the replay on the first queue of ``tr``."""
+    queue = tr.queues[0]
+    jobs = [TraceJob(f"burst-{i:04d}", queue, 1.0, duration, 0, 1) for i in range(n)]
+    return Trace(replace(tr.params, start=0.0, end=1.0 + duration), jobs)
 
 
 # ---------------------------------------------------------------------- agents
@@ -555,7 +575,7 @@ def run_row(
         work,
         types.SimpleNamespace(endpoint=f"{fake_url}/v3"),  # build_stack reads .endpoint only
         namespace,
-        settings.queues_yaml(queues, row.mode),
+        settings.queues_yaml(queues, row.mode, row.workload),
         dispatcher_yaml,
     )
     idle_timeout = _idle_timeout(stack.objects, default=settings.idle_timeout)
@@ -743,6 +763,7 @@ def measure(run: RowRun) -> dict[str, Any]:
     n = len(uuids)
     by_job_pod: dict[str, Agent] = {a.job: a for a in run.agents.values() if a.job}
     wait_pod, wait_visible, wait_job, start_wait = [], [], [], []
+    wait_running, running_visible = [], []
     for uuid in uuids:
         agent = by_job_pod.get(uuid)
         if agent is None or agent.started is None:
@@ -753,6 +774,10 @@ def measure(run: RowRun) -> dict[str, Any]:
         wait_pod.append(max(0.0, created - at))
         if uuid in run.visible:
             wait_visible.append(max(0.0, created - run.visible[uuid]))
+        if pod is not None and pod.running_at is not None:
+            wait_running.append(max(0.0, pod.running_at - at))
+            if uuid in run.visible:
+                running_visible.append(max(0.0, pod.running_at - run.visible[uuid]))
         owner = run.kube_jobs.get((pod.labels if pod else {}).get(JOB_NAME_LABEL, ""))
         if owner is not None:
             wait_job.append(max(0.0, owner.seen_at - at))
@@ -781,9 +806,12 @@ def measure(run: RowRun) -> dict[str, Any]:
     ran = {a.pod for a in by_job_pod.values()}
     surplus = sum(1 for p in run.pods if p not in ran)
     created = metric_sum(run.metrics, "stackgen_jobs_created_total")
+    pods_made = metric_sum(run.metrics, "stackgen_agent_pods_created_total")
+    collected = metric_sum(run.metrics, "stackgen_agent_pods_collected_total")
     deleted = metric_sum(run.metrics, "stackgen_jobs_deleted_total")
-    secrets = created if run.row.mode == "exact" else 0.0  # one token Secret per exact Job
-    own = created + deleted + secrets
+    # One token Secret per exact Job (or exact pod).
+    secrets = created + pods_made if run.row.mode == "exact" else 0.0
+    own = created + pods_made + collected + deleted + secrets
     per_cycle: Counter[str] = Counter()
     for line in run.cycles:
         writes = len(line.get("jobs_created") or [])
@@ -820,6 +848,11 @@ def measure(run: RowRun) -> dict[str, Any]:
         "wait_pod_max": max(wait_pod, default=math.nan),
         "wait_zero_share": sum(1 for w in wait_pod if w == 0) / max(1, len(wait_pod)),
         "wait_visible_p95": percentile(wait_visible, 95) if run.row.webhook else math.nan,
+        "wait_running_p50": percentile(wait_running, 50),
+        "wait_running_p95": percentile(wait_running, 95),
+        "running_visible_p95": percentile(running_visible, 95) if run.row.webhook else math.nan,
+        "agent_pods_created": pods_made,
+        "agent_pods_collected": collected,
         "wait_job_p50": percentile(wait_job, 50),
         "wait_job_p95": percentile(wait_job, 95),
         "start_p50": percentile(start_wait, 50),
@@ -847,6 +880,7 @@ def measure(run: RowRun) -> dict[str, Any]:
         "agent_idle_timeout": run.idle_timeout,
         "controller_manager": controller_figures(run.controller_before, run.controller_after),
         "dispatcher_cpu_s": round(run.dispatcher_cpu, 2),
+        "dispatcher_cpu_s_per_1000_jobs": round(run.dispatcher_cpu * 1000 / max(1, n), 1),
         "api_errors": metric_sum(run.metrics, "stackgen_api_errors_total"),
         "buildkite_jobs_failed": metric_sum(run.metrics, "stackgen_buildkite_jobs_failed_total"),
         "timed_out": run.timed_out,

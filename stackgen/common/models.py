@@ -20,6 +20,7 @@ from stackgen.common.names import GIT_MIRRORS_PATH
 from stackgen.common.podsteps import PluginSettings
 
 DispatchMode = Literal["dispatch", "exact"]
+Workload = Literal["job", "pod"]
 
 
 def _setting(key: str) -> Any:
@@ -50,6 +51,10 @@ class DispatchSettings:
     pod_start_timeout_seconds: float = _setting("podStartTimeoutSeconds")
     #: Pods of a Job whose agent failed are kept this long after it finished (0: off).
     keep_failed_pods_seconds: int = _setting("keepFailedPodsSeconds")
+    #: ``job``: a Kubernetes Job per dispatch; ``pod``: the dispatcher creates the pods.
+    workload: Workload = dataclasses.field(
+        default=stack_default("dispatcher.workload"), metadata={"key": "workload"}
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DispatchSettings:

@@ -185,6 +185,10 @@ def _fill_jobs(queues: dict[str, QueueStatus], jobs: Iterable[JSON], now: float)
         queues[queue].last_dispatch_age_seconds = round(max(0.0, now - created), 1)
 
 
+def _labels(obj: JSON) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
 def _kept(jobs: Iterable[JSON], pods: Iterable[JSON]) -> list[dict[str, str]]:
     kept = {
         j["metadata"]["name"]: (j["metadata"].get("annotations") or {}).get(
@@ -196,9 +200,11 @@ def _kept(jobs: Iterable[JSON], pods: Iterable[JSON]) -> list[dict[str, str]]:
     out = []
     for pod in pods:
         meta = pod.get("metadata") or {}
-        job = (meta.get("labels") or {}).get("batch.kubernetes.io/job-name") or (
-            meta.get("labels") or {}
-        ).get("job-name")
+        job = (
+            _labels(pod).get("batch.kubernetes.io/job-name")
+            or _labels(pod).get("job-name")
+            or meta.get("name")  # a pod the dispatcher created itself is its own record
+        )
         if job in kept and (pod.get("status") or {}).get("phase") == "Failed":
             out.append({"pod": meta["name"], "job": job, "kept_until": kept[job]})
     return sorted(out, key=lambda k: k["pod"])
@@ -300,8 +306,10 @@ def collect(
         pods = [o for o in live if o.get("kind") == "Pod"]
         rows = {q.queue: q for q in status.queues}
         _fill_pods(rows, pods)
-        _fill_jobs(rows, jobs, now)
-        status.kept_pods = _kept(jobs, pods)
+        # Pods the dispatcher created itself (dispatch.workload: pod) stand for their Job.
+        bare = [p for p in pods if _labels(p).get("stackgen.io/workload") == "pod"]
+        _fill_jobs(rows, jobs + bare, now)
+        status.kept_pods = _kept(jobs + [p for p in bare if _labels(p).get(LABEL_KEPT)], pods)
         _fill_metrics(status, cluster, dispatcher_url, fetch)
         _fill_adapter_metrics(status, cluster)
         out.append(status)

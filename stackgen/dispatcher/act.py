@@ -48,6 +48,7 @@ from stackgen.dispatcher.planner import (
     WaitingJob,
     WarnQueue,
 )
+from stackgen.dispatcher.pods import exact_pod_name, group_of, job_to_pods, our_pods
 from stackgen.dispatcher.steps import StepRefused, step_job_maker
 
 #: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
@@ -78,6 +79,8 @@ class QueueReport:
     plan: Plan | None = None
     error: str | None = None
     created: list[str] = field(default_factory=list)
+    #: The plan's creates carried out (their names: a Job's, or a pod group's).
+    done: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,13 +139,20 @@ class Actor:
             self._create_exact(queue, creates, make, demand, memory, report, log)
             return
         for action in creates:
-            self._create(make(action), report)
+            bodies = make(action)
+            for result in concurrently(
+                self._create, [(b, report) for b in bodies], CREATE_CONCURRENCY
+            ):
+                if isinstance(result, Raised):
+                    raise result.error  # the pods that were created count as supply
+            report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
 
-    def _job_maker(self, queue: DispatchedQueue, log: Any) -> Callable[[CreateJob], JSON]:
+    def _job_maker(self, queue: DispatchedQueue, log: Any) -> Callable[[CreateJob], list[JSON]]:
         """Jobs from the queue's template, read now: an applied change takes effect at once.
 
-        In exact mode each Job is then made as its step asks (:mod:`.steps`).
+        In exact mode each Job is then made as its step asks (:mod:`.steps`).  What one
+        action becomes: its Job, or (``workload: pod``) the Job's pods.
         """
         try:
             cronjob = self.kube.get_cronjob(queue.template)
@@ -154,14 +164,18 @@ class Actor:
             raise
         mirror = next((m for m in self.mirrors if m.name == queue.git_mirror), None)
         claim = mirrors.newest_ready_claim(self.kube, mirror.name) if mirror else None
-        make = functools.partial(
+        make: Callable[[CreateJob], JSON] = functools.partial(
             build_job,
             cronjob,
             queue=queue,
             mirror_claim=claim,
             mirror_path=mirror.mount_path if mirror else None,
         )
-        return step_job_maker(self.clients, queue, make, log) if queue.mode == "exact" else make
+        if queue.mode == "exact":
+            make = step_job_maker(self.clients, queue, make, log)
+        if queue.dispatch.workload == "pod":
+            return lambda action: job_to_pods(make(action), cronjob, action)
+        return lambda action: [make(action)]
 
     def has_template(self, queue: DispatchedQueue) -> bool | None:
         """Whether the queue's template CronJob exists (None: could not tell)."""
@@ -185,36 +199,57 @@ class Actor:
                 kubernetes_reason=action.code,
             )
             self.metrics.not_started.labels(queue.name, action.code or "unknown").inc()
-        try:
-            self.kube.delete_job(action.name)
-        except KubeError as exc:
-            if not exc.not_found:
-                raise
-        if self.informer is not None:
-            self.informer.remove(action.name)
+        if queue.dispatch.workload == "pod":
+            self._delete_pods(action.name)
+        else:
+            try:
+                self.kube.delete_job(action.name)
+            except KubeError as exc:
+                if not exc.not_found:
+                    raise
+            if self.informer is not None:
+                self.informer.remove(action.name)
         self.metrics.jobs_deleted.labels(queue.name, action.cause).inc()
 
+    def _delete_pods(self, group: str) -> None:
+        """Delete the agent pods of one group (their token Secrets go with them)."""
+        for pod in our_pods(self.clients):
+            name = (pod.get("metadata") or {}).get("name", "")
+            if group_of(pod) != group:
+                continue
+            try:
+                self.kube.delete_pod(name)
+            except KubeError as exc:
+                if not exc.not_found:
+                    raise
+            if self.clients.pod_informer is not None:
+                self.clients.pod_informer.remove(name)
+
     def _create(self, body: JSON, report: QueueReport) -> JSON:
+        """Create a Job or a pod; one that exists already (409: a retry landed) is success."""
         name = body["metadata"]["name"]
+        pod = body.get("kind") == "Pod"
+        get = self.kube.get_pod if pod else self.kube.get_job
         try:
-            created = self.kube.create_job(body)
+            created = self.kube.create_pod(body) if pod else self.kube.create_job(body)
         except KubeError as exc:
             if exc.conflict:
-                created = self.kube.get_job(name)  # a retried create landed
+                created = get(name)  # a retried create landed
             elif exc.maybe_landed:
-                created = self._landed(name, exc)
+                created = self._landed(name, exc, get)
             else:
                 raise
-        if self.informer is not None:
-            self.informer.upsert(created)
+        informer = self.clients.pod_informer if pod else self.informer
+        if informer is not None:
+            informer.upsert(created)
         report.created.append(name)
-        self.metrics.jobs_created.labels(report.queue).inc()
+        (self.metrics.pods_created if pod else self.metrics.jobs_created).labels(report.queue).inc()
         return created
 
-    def _landed(self, name: str, failure: KubeError) -> JSON:
+    def _landed(self, name: str, failure: KubeError, get: Callable[[str], JSON]) -> JSON:
         """A create failed without saying whether it was carried out: look it up."""
         try:
-            return self.kube.get_job(name)
+            return get(name)
         except KubeError as exc:
             if exc.not_found:
                 raise failure from None  # it was not: the create is retried
@@ -228,7 +263,7 @@ class Actor:
         self,
         queue: DispatchedQueue,
         creates: list[CreateJob],
-        make: Callable[[CreateJob], JSON],
+        make: Callable[[CreateJob], list[JSON]],
         demand: Demand,
         memory: QueueMemory,
         report: QueueReport,
@@ -249,11 +284,16 @@ class Actor:
             uuid = action.buildkite_job or ""
             memory.just_dispatched[uuid] = self.clock()
             memory.reserved.pop(uuid, None)
+            report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc()
             at = scheduled_at.get(uuid)
             if at:
                 self.metrics.latency.labels(queue.name).observe(max(0.0, self.clock() - at))
-            notes.append((uuid, f"stackgen: Kubernetes Job {action.name} created"))
+            if queue.dispatch.workload == "pod":
+                pod = exact_pod_name(queue.template, uuid, action.attempt)
+                notes.append((uuid, f"stackgen: agent pod {pod} created"))
+            else:
+                notes.append((uuid, f"stackgen: Kubernetes Job {action.name} created"))
         self.metrics.reserved.labels(queue.name).set(len(memory.reserved))
         self._hold(queue, key, [n[0] for n in notes], log)
         if notes:
@@ -316,7 +356,7 @@ class Actor:
         self,
         queue: DispatchedQueue,
         started: list[tuple[CreateJob, AcquisitionToken]],
-        make: Callable[[CreateJob], JSON],
+        make: Callable[[CreateJob], list[JSON]],
         memory: QueueMemory,
         report: QueueReport,
     ) -> tuple[list[CreateJob], KubeError | BuildkiteError | None]:
@@ -324,7 +364,7 @@ class Actor:
 
         def start(action: CreateJob, token: AcquisitionToken) -> CreateJob | None:
             try:
-                body = make(action)
+                (body,) = make(action)
             except StepRefused:
                 # Failed on Buildkite with the reason: nothing to create, nothing to retry.
                 memory.reserved.pop(action.buildkite_job or "", None)
@@ -370,7 +410,8 @@ class Actor:
             if pending.queue != queue.name:
                 continue
             try:
-                created = self.kube.get_job(name)
+                pod = pending.job.get("kind") == "Pod"
+                created = self.kube.get_pod(name) if pod else self.kube.get_job(name)
                 self._secure(pending.job, created, pending.token)
             except KubeError as exc:
                 if not exc.not_found:

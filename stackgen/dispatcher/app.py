@@ -20,6 +20,7 @@ from stackgen.dispatcher.jobs import OUR_JOBS
 from stackgen.dispatcher.kube import ClientKube, Kube
 from stackgen.dispatcher.leader import LeaderElector
 from stackgen.dispatcher.metrics import Metrics
+from stackgen.dispatcher.pods import OUR_PODS
 from stackgen.dispatcher.server import Endpoint, Server
 
 #: SIGTERM to exit, at most (plus the HTTP server's stop): the loop's threads, then, best
@@ -71,9 +72,23 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
 
     # The Jobs come from a watch when the client can watch (the real one): no full list
     # of every Job per cycle.
-    informer = JobInformer(kube, OUR_JOBS, log=log) if isinstance(kube, ClientKube) else None
+    watch = kube if isinstance(kube, ClientKube) else None
+    informer = JobInformer(watch, OUR_JOBS, log=log) if watch is not None else None
+    pod_mode = any(q.dispatch.workload == "pod" for q in config.queues)
+    pod_informer = (
+        JobInformer(watch, OUR_PODS, log=log, resource="pods")
+        if watch is not None and pod_mode
+        else None
+    )
     dispatcher = Dispatcher(
-        config, api, kube, metrics=metrics, log=log, is_leader=is_leader, informer=informer
+        config,
+        api,
+        kube,
+        metrics=metrics,
+        log=log,
+        is_leader=is_leader,
+        informer=informer,
+        pod_informer=pod_informer,
     )
     ours.append(dispatcher)
     if elector is None:
@@ -87,7 +102,7 @@ def run(config: DispatcherConfig, options: Options, *, kube: Kube | None = None)
         leader_election=elector is not None,
         webhook=bool(webhook_token),
     )
-    threads = _start_threads(stop, dispatcher, elector, informer, log)
+    threads = _start_threads(stop, dispatcher, elector, [informer, pod_informer], log)
     while not stop.is_set():
         stop.wait(1.0)
     _shut_down(threads, dispatcher, elector, is_leader(), log)
@@ -215,14 +230,17 @@ def _start_threads(
     stop: threading.Event,
     dispatcher: Dispatcher,
     elector: LeaderElector | None,
-    informer: JobInformer | None,
+    informers: list[JobInformer | None],
     log: Any,
 ) -> list[threading.Thread]:
     """The watch, the election and the loop; returns the ones to join on shutdown."""
     threads: list[threading.Thread] = []
-    if informer is not None:
+    for informer in informers:
+        if informer is None:
+            continue
         # Not joined: it may sit in a watch request for minutes and holds nothing to flush.
-        threading.Thread(target=informer.run, args=(stop,), name="jobs-watch", daemon=True).start()
+        name = f"{informer.resource}-watch"
+        threading.Thread(target=informer.run, args=(stop,), name=name, daemon=True).start()
     if elector is not None:
         threads.append(
             threading.Thread(target=elector.run, args=(stop,), name="election", daemon=True)

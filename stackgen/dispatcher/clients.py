@@ -24,3 +24,5 @@ class Clients:
     clock: Callable[[], float]
     #: Our Jobs from a watch (None: each cycle lists them).
     informer: JobInformer | None = None
+    #: Our agent pods (workload: pod) from a watch (None: listed when needed).
+    pod_informer: JobInformer | None = None

@@ -26,6 +26,7 @@ from typing import Any
 
 from stackgen.buildkite import AgentAPI, BuildkiteError, NotFound
 from stackgen.common.models import DispatchedQueue
+from stackgen.dispatcher import pods
 from stackgen.dispatcher.act import Actor, QueueReport, TemplateMissing
 from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.config import DispatcherConfig
@@ -91,6 +92,7 @@ class Dispatcher:
         new_id: Callable[[], str] = new_dispatch_id,
         is_leader: Callable[[], bool] = lambda: True,
         informer: JobInformer | None = None,
+        pod_informer: JobInformer | None = None,
     ) -> None:
         if log is None:
             from stackgen.common.logs import get_logger
@@ -108,7 +110,7 @@ class Dispatcher:
         self.lanes = lanes_of(config.queues)
         self.schedule = Schedule(self.queues)
         self.stacks = Stacks(buildkite, config.stack_key, config.namespace)
-        clients = Clients(buildkite, kube, self.stacks, self.metrics, clock, informer)
+        clients = Clients(buildkite, kube, self.stacks, self.metrics, clock, informer, pod_informer)
         self.demand = DemandReader(clients, self.schedule)
         self.actor = Actor(clients, config.mirrors)
         self.memory: dict[str, QueueMemory] = {q: QueueMemory() for q in self.queues}
@@ -182,7 +184,14 @@ class Dispatcher:
                 self.actor.prune_mirrors(self.log)
             if leader and self.clock() - self._last_keep > KEEP_EVERY:
                 self._last_keep = self.clock()
-                keep_failed(self._clients, self.queues, self.log)
+                self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """Keep failed pods asked for; collect finished agent pods (``workload: pod``)."""
+        keep_failed(self._clients, self.queues, self.log)
+        if any(q.dispatch.workload == "pod" for q in self.queues.values()):
+            pods.keep_pods(self._clients, self.queues, self.log)
+            pods.collect(self._clients, self.log)
 
     def _idle_queues(self) -> list[str]:
         with self._busy_lock:
@@ -358,7 +367,7 @@ def _log_cycle(log: Any, demand: Demand, plan: Plan, report: QueueReport) -> Non
         agents_dispatched=sum(
             a.parallelism
             for a in plan.actions
-            if isinstance(a, CreateJob) and a.name in report.created
+            if isinstance(a, CreateJob) and a.name in report.done
         ),
         jobs_created=report.created,
         cooldown=plan.cooldown,

@@ -21,6 +21,7 @@ from stackgen.common.models import DispatchedQueue
 from stackgen.dispatcher.clients import Clients
 from stackgen.dispatcher.jobs import list_views
 from stackgen.dispatcher.planner import Demand, JobView, WaitingJob, unstarted_exact_jobs
+from stackgen.dispatcher.pods import our_pods, pod_views
 from stackgen.dispatcher.schedule import Schedule
 
 #: Job states asked for at most this many jobs per call.
@@ -136,11 +137,21 @@ class DemandReader:
 
     def supply(self, queues: dict[str, DispatchedQueue]) -> dict[str, list[JobView]]:
         """Our Jobs as the planner sees them, grouped by queue (each planned from its own)."""
-        informer = self.clients.informer
-        cached = informer.snapshot() if informer is not None and informer.synced else None
-        self.clients.metrics.job_reads.labels("list" if cached is None else "cache").inc()
         views: dict[str, list[JobView]] = {}
         now = self.clients.clock()
-        for view in list_views(self.clients.kube, queues, now, jobs=cached):
+        by_job = {n: q for n, q in queues.items() if q.dispatch.workload == "job"}
+        by_pod = {n: q for n, q in queues.items() if q.dispatch.workload == "pod"}
+        found: list[JobView] = []
+        if by_job:
+            informer = self.clients.informer
+            cached = informer.snapshot() if informer is not None and informer.synced else None
+            self.clients.metrics.job_reads.labels("list" if cached is None else "cache").inc()
+            found += list_views(self.clients.kube, by_job, now, jobs=cached)
+        if by_pod:
+            pod_informer = self.clients.pod_informer
+            synced = pod_informer is not None and pod_informer.synced
+            self.clients.metrics.job_reads.labels("cache" if synced else "list").inc()
+            found += pod_views(our_pods(self.clients), by_pod)
+        for view in found:
             views.setdefault(view.queue, []).append(view)
         return views

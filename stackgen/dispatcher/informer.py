@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from stackgen.dispatcher.kube import JSON, KubeError, slim_listed_job
+from stackgen.dispatcher.kube import JSON, KubeError, slim_listed_job, slim_listed_pod
 
 #: Watch requests end after this long and are renewed from the last resourceVersion.
 WATCH_TIMEOUT = 300
@@ -34,12 +34,18 @@ class WatchableKube(Protocol):
 
 
 class JobInformer:
-    """A cache of our Jobs by name, current to within a watch event."""
+    """A cache of our Jobs (or, with ``resource="pods"``, agent pods) by name."""
 
-    def __init__(self, kube: WatchableKube, selector: str, *, log: Any = None) -> None:
+    def __init__(
+        self, kube: WatchableKube, selector: str, *, log: Any = None, resource: str = "jobs"
+    ) -> None:
         self.kube = kube
         self.selector = selector
         self.log = log
+        self.resource = resource
+        self._slim = slim_listed_pod if resource == "pods" else slim_listed_job
+        self._list_at = getattr(kube, f"list_{resource}_at")
+        self._watch = getattr(kube, f"watch_{resource}")
         self._jobs: dict[str, JSON] = {}
         # What the dispatcher wrote itself (name -> Job, or None when deleted) and when: a
         # list that was already under way then must not undo it.
@@ -63,7 +69,7 @@ class JobInformer:
         """A Job the dispatcher just created (or read): cache it now."""
         name = (job.get("metadata") or {}).get("name")
         if name:
-            slim = slim_listed_job(dict(job))
+            slim = self._slim(dict(job))
             with self._lock:
                 self._jobs[name] = slim
                 self._local[name] = (time.monotonic(), slim)
@@ -77,7 +83,7 @@ class JobInformer:
     def relist(self) -> None:
         """Replace the cache with a fresh list."""
         started = time.monotonic()
-        items, version = self.kube.list_jobs_at(self.selector)
+        items, version = self._list_at(self.selector)
         with self._lock:
             jobs = {i["metadata"]["name"]: i for i in items}
             for name, (at, job) in self._local.items():
@@ -99,7 +105,7 @@ class JobInformer:
         with self._lock:
             self._local.pop(meta.get("name", ""), None)  # the watch has caught up with it
             if kind in ("ADDED", "MODIFIED"):
-                self._jobs[meta["name"]] = slim_listed_job(obj)
+                self._jobs[meta["name"]] = self._slim(obj)
             elif kind == "DELETED":
                 self._jobs.pop(meta.get("name", ""), None)
             if version:
@@ -112,7 +118,7 @@ class JobInformer:
             try:
                 if not self.synced or time.monotonic() - self._listed_at > RELIST_EVERY:
                     self.relist()
-                for kind, obj in self.kube.watch_jobs(self.selector, self._version, WATCH_TIMEOUT):
+                for kind, obj in self._watch(self.selector, self._version, WATCH_TIMEOUT):
                     self._apply(kind, obj)
                     if stop.is_set():
                         return
@@ -123,6 +129,8 @@ class JobInformer:
                     self._synced.clear()
                     continue
                 if self.log is not None:
-                    self.log.warning("job watch failed", error=str(exc), status=exc.status)
+                    self.log.warning(
+                        "watch failed", resource=self.resource, error=str(exc), status=exc.status
+                    )
                 self._synced.clear()
                 stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))

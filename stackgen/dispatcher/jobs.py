@@ -150,7 +150,7 @@ def _copy_json(value: Any) -> Any:
 
 
 def acquisition_secret(job: JSON, token: str) -> JSON:
-    """The Secret with an exact-mode agent's job-acquisition token, owned by its Job."""
+    """The Secret with an exact-mode agent's job-acquisition token, owned by its Job (or pod)."""
     meta = job["metadata"]
     return {
         "apiVersion": "v1",
@@ -164,8 +164,8 @@ def acquisition_secret(job: JSON, token: str) -> JSON:
             },
             "ownerReferences": [
                 {
-                    "apiVersion": "batch/v1",
-                    "kind": "Job",
+                    "apiVersion": job.get("apiVersion") or "batch/v1",
+                    "kind": job.get("kind") or "Job",
                     "name": meta["name"],
                     "uid": meta["uid"],
                     "controller": True,

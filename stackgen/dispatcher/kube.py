@@ -35,6 +35,21 @@ def slim_listed_job(job: JSON) -> JSON:
     return job
 
 
+#: What the dispatcher reads of a listed agent pod (the rest of its spec is dropped).
+_POD_SPEC_KEPT = ("activeDeadlineSeconds", "nodeName")
+
+
+def slim_listed_pod(pod: JSON) -> JSON:
+    """A listed agent pod without managedFields and most of its spec (as for Jobs)."""
+    meta = pod.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    spec = pod.get("spec")
+    if isinstance(spec, dict):
+        pod["spec"] = {k: spec[k] for k in _POD_SPEC_KEPT if k in spec}
+    return pod
+
+
 def quantity(value: object) -> Decimal:
     """A Kubernetes quantity (``500m``, ``2Gi``) as a number, by the client's own parser.
 
@@ -137,6 +152,10 @@ class Kube(Protocol):
     def create_lease(self, body: JSON) -> JSON: ...
     def replace_lease(self, name: str, body: JSON) -> JSON: ...
     def dry_run_job(self, body: JSON) -> JSON: ...
+    def create_pod(self, body: JSON) -> JSON: ...
+    def get_pod(self, name: str) -> JSON: ...
+    def delete_pod(self, name: str) -> None: ...
+    def patch_pod(self, name: str, patch: JSON) -> JSON: ...
 
 
 class ClientKube:
@@ -213,12 +232,29 @@ class ClientKube:
         self, selector: str, resource_version: str, timeout: int
     ) -> Iterator[tuple[str, JSON]]:
         """(event type, Job) from a watch; ends after ``timeout`` s; KubeError 410 = relist."""
+        return self._watch(self._batch.list_namespaced_job, selector, resource_version, timeout)
+
+    def list_pods_at(self, selector: str) -> tuple[list[JSON], str]:
+        """Our agent pods (slimmed) and the list's resourceVersion, to watch from."""
+        return self._listing(
+            self._core.list_namespaced_pod, slim=slim_listed_pod, label_selector=selector
+        )
+
+    def watch_pods(
+        self, selector: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, JSON]]:
+        """(event type, pod) from a watch, as :meth:`watch_jobs`."""
+        return self._watch(self._core.list_namespaced_pod, selector, resource_version, timeout)
+
+    def _watch(
+        self, method: Any, selector: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, JSON]]:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
         try:
             # Unparsed (_preload_content=False): a stream of JSON lines, one event each.
-            response: Any = self._batch.list_namespaced_job(
+            response: Any = method(
                 self.namespace,
                 label_selector=selector,
                 watch=True,
@@ -293,6 +329,28 @@ class ClientKube:
 
     def create_secret(self, body: JSON) -> JSON:
         result: JSON = self._call(self._core.create_namespaced_secret, self.namespace, body)
+        return result
+
+    def create_pod(self, body: JSON) -> JSON:
+        result: JSON = self._call(self._core.create_namespaced_pod, self.namespace, body)
+        return result
+
+    def get_pod(self, name: str) -> JSON:
+        result: JSON = self._call(self._core.read_namespaced_pod, name, self.namespace)
+        return result
+
+    def delete_pod(self, name: str) -> None:
+        # Background: the pod goes now, the garbage collector removes its token Secret.
+        self._call(
+            self._core.delete_namespaced_pod,
+            name,
+            self.namespace,
+            body={"propagationPolicy": "Background"},
+        )
+
+    def patch_pod(self, name: str, patch: JSON) -> JSON:
+        """A strategic-merge patch of one of our pods (labels, annotations)."""
+        result: JSON = self._call(self._core.patch_namespaced_pod, name, self.namespace, patch)
         return result
 
     def list_pvcs(self, selector: str) -> list[JSON]:

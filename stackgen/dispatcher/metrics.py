@@ -105,6 +105,20 @@ class Metrics:
         self.jobs_created = Counter(
             "stackgen_jobs_created_total", "Kubernetes Jobs created.", ["queue"], registry=r
         )
+        self.pods_created = Counter(
+            "stackgen_agent_pods_created_total",
+            "Agent pods the dispatcher created itself (dispatch.workload: pod).",
+            ["queue"],
+            registry=r,
+        )
+        self.pods_collected = Counter(
+            "stackgen_agent_pods_collected_total",
+            "Agent pods (workload: pod) deleted by the dispatcher: finished longer ago than "
+            "their ttlSecondsAfterFinished (ttl), or never running within their "
+            "activeDeadlineSeconds (deadline).",
+            ["reason"],
+            registry=r,
+        )
         self.jobs_deleted = Counter(
             "stackgen_jobs_deleted_total",
             "Kubernetes Jobs deleted: their pods never started, or their Buildkite job was "
@@ -171,7 +185,7 @@ class Metrics:
             ):
                 gauge.labels(queue.name)
             self.agents_dispatched.labels(queue.name, queue.mode)
-            for counter in (self.jobs_created, self.jobs_failed):
+            for counter in (self.jobs_created, self.jobs_failed, self.pods_created):
                 counter.labels(queue.name)
             for reason in DELETE_REASONS:
                 self.jobs_deleted.labels(queue.name, reason)
@@ -188,6 +202,8 @@ class Metrics:
             self.webhooks.labels(result)
         for source in ("cache", "list"):
             self.job_reads.labels(source)
+        for reason in ("ttl", "deadline"):
+            self.pods_collected.labels(reason)
 
     def buildkite_error(self, exc: BuildkiteError, log: Any, call: str, **ctx: Any) -> None:
         """Count a failed Buildkite call and log it (never with the token)."""

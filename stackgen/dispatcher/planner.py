@@ -227,7 +227,8 @@ def _stuck(job: JobView, queue: DispatchedQueue, now: float) -> bool:
 
 def _stuck_reason(job: JobView, queue: DispatchedQueue) -> str:
     why = job.waiting_reason or "no pod started"
-    return f"pod of Job {job.name} did not start within {queue.dispatch.pod_start_timeout_seconds:.0f}s: {why}"
+    what = f"pod of Job {job.name}" if queue.dispatch.workload == "job" else f"pod {job.name}"
+    return f"{what} did not start within {queue.dispatch.pod_start_timeout_seconds:.0f}s: {why}"
 
 
 def reason_code(waiting_reason: str | None) -> str:

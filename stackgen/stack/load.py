@@ -200,7 +200,7 @@ def stack_from_data(data: dict[str, Any], overlay: Path, source: Path) -> Stack:
         annotations=dict(meta.get("annotations", {})),
         kubernetes_version=data.get("kubernetesVersion", stack_default("kubernetesVersion")),
         agent=agent,
-        queues=[_queue(q, agent) for q in data["queues"]],
+        queues=[_queue(q, agent, _workload(data)) for q in data["queues"]],
         secrets=_secrets(data["secrets"], overlay),
         hooks={name: overlay / rel for name, rel in data.get("hooks", {}).items()},
         dispatcher=_dispatcher(data.get("dispatcher", {}), overlay),
@@ -261,7 +261,12 @@ def _agent(data: Mapping[str, Any]) -> AgentSettings:
     )
 
 
-def _queue(data: Mapping[str, Any], agent: AgentSettings) -> Queue:
+def _workload(data: Mapping[str, Any]) -> str:
+    """The stack-wide default of ``queues[].dispatch.workload``."""
+    return str(_with_defaults(data.get("dispatcher", {}), "dispatcher")["workload"])
+
+
+def _queue(data: Mapping[str, Any], agent: AgentSettings, workload: str) -> Queue:
     mode: Mode = data["mode"]
     queue = _with_defaults(data, "queues")
     return Queue(
@@ -281,7 +286,7 @@ def _queue(data: Mapping[str, Any], agent: AgentSettings) -> Queue:
         dind=queue["dind"],
         git_mirror=queue.get("gitMirror"),
         hpa=HpaSettings.from_dict(data.get("hpa", {})),
-        dispatch=DispatchSettings.from_dict(data.get("dispatch", {})),
+        dispatch=DispatchSettings.from_dict({"workload": workload, **data.get("dispatch", {})}),
         pod_steps=queue["podSteps"],
         kubernetes_plugin=(
             PluginSettings.from_dict(data["kubernetesPlugin"])

@@ -174,6 +174,11 @@ class FakeKube:
         with self._lock:
             if self.objects[kind].pop(name, None) is None:
                 raise KubeError(f"{kind} {name} not found", status=404, reason="NotFound")
+            if kind == "pods":  # a pod's token Secret goes with it (garbage collector)
+                for secret in list(self.objects["secrets"].values()):
+                    owners = secret["metadata"].get("ownerReferences") or []
+                    if any(o.get("kind") == "Pod" and o.get("name") == name for o in owners):
+                        del self.objects["secrets"][secret["metadata"]["name"]]
             if kind == "jobs":  # cascade, like the garbage collector
                 for pod in list(self.objects["pods"].values()):
                     if (pod["metadata"].get("labels") or {}).get(
@@ -242,6 +247,70 @@ class FakeKube:
     def delete_job(self, name: str) -> None:
         self._enter("delete_job", name)
         self._delete("jobs", name)
+
+    def create_pod(self, body: JSON) -> JSON:
+        lost = self._enter("create_pod", body["metadata"]["name"])
+        created = self._create("pods", {**body, "status": {"phase": "Pending"}})
+        self._lost(lost, "create_pod")
+        return created
+
+    def get_pod(self, name: str) -> JSON:
+        self._enter("get_pod", name)
+        return self._get("pods", name)
+
+    def delete_pod(self, name: str) -> None:
+        self._enter("delete_pod", name)
+        self._delete("pods", name)
+
+    def patch_pod(self, name: str, patch: JSON) -> JSON:
+        """Merge ``patch``'s labels and annotations into the pod."""
+        self._enter("patch_pod", name)
+        with self._lock:
+            meta = self.objects["pods"][name]["metadata"]
+            for key in ("labels", "annotations"):
+                meta.setdefault(key, {}).update((patch.get("metadata") or {}).get(key) or {})
+            return copy.deepcopy(self.objects["pods"][name])
+
+    # ------------------------------------------------ the kubelet, for bare pods
+
+    def run_pods(self, *, start: bool = True) -> None:
+        """Pending agent pods (no Job) start running and ready, or stay unschedulable."""
+        with self._lock:
+            for pod in self.objects["pods"].values():
+                labels = pod["metadata"].get("labels") or {}
+                if "batch.kubernetes.io/job-name" in labels:
+                    continue
+                if pod["status"].get("phase") != "Pending":
+                    continue
+                if start:
+                    pod["status"] = {
+                        "phase": "Running",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    }
+                else:
+                    pod["status"]["conditions"] = [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/3 nodes are available",
+                        }
+                    ]
+
+    def end_pod(self, name: str, phase: str = "Succeeded") -> None:
+        """A bare pod's agent exits (Succeeded, or Failed), now by the clock."""
+        with self._lock:
+            pod = self.objects["pods"][name]
+            pod["status"] = {
+                "phase": phase,
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": "agent",
+                        "state": {"terminated": {"finishedAt": _stamp(self.clock())}},
+                    }
+                ],
+            }
 
     def create_secret(self, body: JSON) -> JSON:
         lost = self._enter("create_secret", body["metadata"]["name"])

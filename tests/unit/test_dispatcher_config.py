@@ -102,3 +102,21 @@ def test_mirror_dir_matches_the_agents_rule() -> None:
         == "https---github-com-example-monorepo-git"
     )
     assert mirror_dir("git@github.com:org/repo.git") == "git-github-com-org-repo-git"
+
+
+def test_workload_defaults_stack_wide_and_a_queue_may_override_it(tmp_path: Path) -> None:
+    import shutil
+
+    overlay = tmp_path / "overlay"
+    shutil.copytree(ROOT / "tests/golden/dispatch-exact-mirrors/overlay", overlay)
+    data = yaml.safe_load((overlay / "stack.yaml").read_text())
+    config = from_dict(dispatcher_config(load_stack(overlay)))
+    assert [q.dispatch.workload for q in config.queues] == ["job", "job"]
+    data["dispatcher"]["workload"] = "pod"
+    data["queues"][0].setdefault("dispatch", {})["workload"] = "job"
+    (overlay / "stack.yaml").write_text(yaml.safe_dump(data))
+    config = from_dict(dispatcher_config(load_stack(overlay)))
+    assert [(q.name, q.dispatch.workload) for q in config.queues] == [
+        ("builds", "job"),
+        ("deploy", "pod"),
+    ]

@@ -43,7 +43,9 @@ def test_every_dispatch_setting_defaults_to_the_schema() -> None:
     settings = DispatchSettings()
     for field in fields(DispatchSettings):
         key = field.metadata["key"]
-        assert getattr(settings, field.name) == stack_default(f"queues.dispatch.{key}"), key
+        # The workload's default is stack-wide: dispatcher.workload.
+        path = "dispatcher.workload" if key == "workload" else f"queues.dispatch.{key}"
+        assert getattr(settings, field.name) == stack_default(path), key
 
 
 def test_git_mirror_keys_and_defaults_are_the_schemas() -> None:

@@ -309,3 +309,29 @@ def test_status_command_table_json_and_watch(monkeypatch: pytest.MonkeyPatch) ->
     watched = runner.invoke(cli, ["status", "--watch", "--interval", "2"])
     assert watched.exit_code == 0, watched.output
     assert watched.output.count("STACK obs") == 2 and sleeps == [2.0, 2.0]
+
+
+def test_status_counts_pods_the_dispatcher_created_itself() -> None:
+    """``dispatch.workload: pod``: no Job; each pod is its own record (dispatch, kept)."""
+    bare = {"stackgen.io/workload": "pod", "stackgen.io/dispatch-id": "dddd0004"}
+    running = _pod("deploy-pod-1", "deploy", "Running", conditions=READY, labels=bare)
+    running["metadata"]["creationTimestamp"] = _stamp(NOW - 7)
+    failed = _pod("deploy-pod-2", "deploy", "Failed", labels={**bare, "stackgen.io/kept": "true"})
+    failed["metadata"]["creationTimestamp"] = _stamp(NOW - 60)
+    failed["metadata"]["annotations"] = {"stackgen.io/kept-until": "2027-01-15T11:00:00Z"}
+
+    class Bare(FakeCluster):
+        def get_json(
+            self, kinds: str, *, namespace: str | None, selector: str | None
+        ) -> dict[str, Any]:
+            if kinds == "cronjobs,deployments,leases":
+                return {"items": OBJECTS}
+            return {"items": [running, failed]}
+
+    (stack,) = collect(Bare(), now=NOW)
+    deploy = next(q for q in stack.queues if q.queue == "deploy")
+    assert deploy.agents_running == 1
+    assert (deploy.last_dispatch_id, deploy.last_dispatch_age_seconds) == ("dddd0004", 7.0)
+    assert stack.kept_pods == [
+        {"pod": "deploy-pod-2", "job": "deploy-pod-2", "kept_until": "2027-01-15T11:00:00Z"}
+    ]
