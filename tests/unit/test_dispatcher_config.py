@@ -102,3 +102,33 @@ def test_mirror_dir_matches_the_agents_rule() -> None:
         == "https---github-com-example-monorepo-git"
     )
     assert mirror_dir("git@github.com:org/repo.git") == "git-github-com-org-repo-git"
+
+
+def test_endpoint_override_replaces_the_configs_endpoint(tmp_path: Path) -> None:
+    from stackgen.dispatcher.config import with_endpoint
+
+    stack = load_stack(ROOT / "overlays/example")
+    path = tmp_path / "dispatcher.yaml"
+    path.write_text(yaml.safe_dump(dispatcher_config(stack)))
+    config = load(path, environ={"BUILDKITE_AGENT_TOKEN": "x"})
+    assert config.endpoint == "https://agent.buildkite.com/v3"
+    sandbox = "http://fake-buildkite.stackgen-sandbox.svc:8080/v3"
+    changed = with_endpoint(config, sandbox, "--endpoint")
+    assert changed.endpoint == sandbox
+    assert changed.queues == config.queues
+
+
+def test_bad_endpoint_override_fails_at_start(stackgen: Callable[..., Run], tmp_path: Path) -> None:
+    stack = load_stack(ROOT / "overlays/example")
+    path = tmp_path / "dispatcher.yaml"
+    path.write_text(yaml.safe_dump(dispatcher_config(stack)))
+    run = stackgen(
+        "dispatcher",
+        "--config",
+        str(path),
+        env={"BUILDKITE_AGENT_TOKEN": "x", "STACKGEN_BUILDKITE_ENDPOINT": "fake buildkite"},
+    )
+    assert run.code == 1
+    assert run.lines == [
+        "--endpoint (STACKGEN_BUILDKITE_ENDPOINT): not an http(s) URL: 'fake buildkite'"
+    ]

@@ -23,7 +23,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tests.support.fake_buildkite",
         description="Serve a fake Buildkite agent API on 127.0.0.1 (test support).",
     )
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: ephemeral)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0: ephemeral)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("FAKE_BUILDKITE_HOST", "127.0.0.1"),
+        help="address to bind (default: $FAKE_BUILDKITE_HOST, else 127.0.0.1; a pod: 0.0.0.0)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("FAKE_BUILDKITE_TOKEN"),
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         enforce_rate_limits=not args.no_rate_limits,
     )
+    fake.bind_host = args.host
     for spec in args.jobs:
         queue, sep, count = spec.partition("=")
         if not sep or not count.isdigit():

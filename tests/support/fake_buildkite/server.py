@@ -58,16 +58,19 @@ class FakeBuildkite(Control):
 
     _server: _Server | None = None
     _thread: threading.Thread | None = None
+    #: The address :meth:`start` binds: loopback, unless a process serving other machines
+    #: (the sandbox's pod: ``python -m tests.support.fake_buildkite --host 0.0.0.0``) sets it.
+    bind_host: str = "127.0.0.1"
 
     def __repr__(self) -> str:  # never shows the token
         state = self.url if self._server else "stopped"
         return f"<FakeBuildkite {state} org={self.organization_slug!r}>"
 
     def start(self) -> FakeBuildkite:
-        """Bind 127.0.0.1 and serve in a daemon thread; returns self."""
+        """Bind :attr:`bind_host` (127.0.0.1) and serve in a daemon thread; returns self."""
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", self._port), _Handler)
+        server = _Server((self.bind_host, self._port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(
