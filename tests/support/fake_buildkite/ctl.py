@@ -35,13 +35,22 @@ class CtlError(Exception):
     """A control call failed (the message says which and why)."""
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """What the HTTP client raises when the fake cannot be reached (httpx's, or urllib's)."""
+    try:
+        import httpx
+    except ImportError:
+        return (OSError,)
+    return (OSError, httpx.TransportError)
+
+
 def call(url: str, method: str, path: str, body: Any = None) -> Any:
     """One control call (``/_fake/...``); the decoded JSON answer, or CtlError."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if data is not None else {}
     try:
         resp = http_request(method, url.rstrip("/") + "/_fake/" + path, headers=headers, body=data)
-    except OSError as err:
+    except _transport_errors() as err:
         raise CtlError(f"cannot reach the fake Buildkite at {url}: {err}") from None
     if resp.status >= 400:
         try:

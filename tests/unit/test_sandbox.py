@@ -1,0 +1,201 @@
+"""The sandbox of ``bin/up --sandbox``: its objects, the stack layer, and the fake's ctl CLI."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stackgen.pipeline import build
+from tests.support import sandbox
+from tests.support.fake_buildkite import FakeBuildkite, ctl
+from tests.support.paths import ROOT, TOOLS_BIN
+
+EXAMPLE = ROOT / "overlays" / "example"
+
+
+@pytest.fixture(scope="module")
+def example_text() -> bytes:
+    return build(EXAMPLE).manifest
+
+
+@pytest.fixture(scope="module")
+def example_docs(example_text: bytes) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(example_text) if d]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def test_the_fake_gets_the_stacks_token_unchanged_and_its_queues(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    objects = sandbox.manifests(example_docs, fake_image="F:1", git_image="G:1", state_dir=tmp_path)
+    stack_secret = next(
+        d
+        for d in example_docs
+        if d["kind"] == "Secret"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "agent-token"
+    )
+    secret = by_kind(objects, "Secret", "fake-buildkite")
+    assert secret["metadata"]["namespace"] == sandbox.NAMESPACE
+    assert secret["data"]["token"] == stack_secret["data"]["token"]
+    pod = by_kind(objects, "Deployment", "fake-buildkite")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--queue"] == ["default", "builds"]
+    assert pod["containers"][0]["image"] == "F:1"
+    # The token is only referenced from the container, never inlined.
+    assert "bkct_" not in yaml.safe_dump(pod)
+    service = by_kind(objects, "Service", "fake-buildkite")
+    assert service["spec"]["ports"][0]["port"] == sandbox.FAKE_PORT
+    assert sandbox.ENDPOINT.startswith("http://fake-buildkite.stackgen-sandbox.svc")
+
+
+def test_the_git_server_accepts_the_stacks_ssh_key_with_a_kept_host_key(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    objects = sandbox.manifests(example_docs, fake_image="F:1", git_image="G:1", state_dir=tmp_path)
+    data = by_kind(objects, "Secret", "git-server")["data"]
+    key = serialization.load_ssh_private_key(
+        (EXAMPLE / "secrets" / "ssh-deploy-key").read_bytes(), password=None
+    )
+    expected = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    assert base64.b64decode(data["authorized_keys"]).strip() == expected
+    # The example's git-credentials are for github.com: no HTTPS user for the sandbox.
+    assert "http-user" not in data
+    known = (tmp_path / "known_hosts").read_text()
+    assert known.startswith(f"{sandbox.GIT_HOST},git-server.stackgen-sandbox ssh-ed25519 ")
+    host_key = base64.b64decode(data["ssh_host_ed25519_key"])
+    # Made once: a second run (bin/up again) keeps the same host key.
+    again = sandbox.manifests(example_docs, fake_image="F", git_image="G", state_dir=tmp_path)
+    assert (
+        base64.b64decode(by_kind(again, "Secret", "git-server")["data"]["ssh_host_ed25519_key"])
+        == host_key
+    )
+    assert (tmp_path / "known_hosts").read_text() == known
+
+
+def test_https_user_comes_from_the_line_for_the_git_server() -> None:
+    lines = (
+        "https://x-access-token:gh-secret@github.com\n"
+        f"https://bob:p%40ss@{sandbox.GIT_HOST}/sandbox.git\n"
+    )
+    assert sandbox.http_user(base64.b64encode(lines.encode()).decode()) == ("bob", "p@ss")
+    only_github = base64.b64encode(lines.splitlines()[0].encode()).decode()
+    assert sandbox.http_user(only_github) is None
+    assert sandbox.http_user(None) is None
+
+
+def test_a_stack_without_a_token_secret_is_refused(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    docs = [
+        d
+        for d in example_docs
+        if not (
+            d["kind"] == "Secret"
+            and d["metadata"]["labels"]["app.kubernetes.io/component"] == "agent-token"
+        )
+    ]
+    with pytest.raises(sandbox.SandboxError, match="no agent token Secret"):
+        sandbox.manifests(docs, fake_image="F", git_image="G", state_dir=tmp_path)
+
+
+@pytest.mark.skipif(not (TOOLS_BIN / "kustomize").exists(), reason="needs bin/setup kustomize")
+def test_the_stack_layer_points_agents_dispatcher_and_adapter_at_the_fake(
+    example_text: bytes, tmp_path: Path
+) -> None:
+    built = tmp_path / "stack.yaml"
+    built.write_bytes(example_text)
+    out = tmp_path / "out.yaml"
+    script = (
+        f'set -euo pipefail; ROOT="{ROOT}"; BIN="{TOOLS_BIN}"; STATE="{tmp_path}"; PROG=t; '
+        'source "$ROOT/bin/lib/common.sh"; source "$ROOT/bin/versions.env"; '
+        'source "$ROOT/bin/lib/sandbox.sh"; sandbox_layer "$1" "$2"'
+    )
+    subprocess.run(["bash", "-c", script, "x", str(built), str(out)], check=True, timeout=120)
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    maps = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["data"]
+        for d in docs
+        if d["kind"] == "ConfigMap"
+    }
+    assert maps["agent-config"]["BUILDKITE_AGENT_ENDPOINT"] == sandbox.ENDPOINT
+    assert maps["metrics-adapter-config"]["BUILDKITE_AGENT_ENDPOINT"] == sandbox.ENDPOINT
+    dispatcher = by_kind(docs, "Deployment", "stackgen-dispatcher")
+    env = dispatcher["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "STACKGEN_BUILDKITE_ENDPOINT", "value": sandbox.ENDPOINT} in env
+    # Everything else is the stack as built.
+    before = [d for d in yaml.safe_load_all(built.read_text()) if d]
+    assert len(docs) == len(before)
+
+
+# ---------------------------------------------------------------------------- the ctl CLI
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBuildkite]:
+    with FakeBuildkite(token="ctl-token", queues=("builds",)) as bk:
+        yield bk
+
+
+def run_ctl(fake: FakeBuildkite, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ctl.main(["--url", fake.url, *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_ctl_enqueues_lists_and_cancels(fake: FakeBuildkite) -> None:
+    code, out, _ = run_ctl(fake, "enqueue", "--queue", "builds", "--", "echo", "hi")
+    assert code == 0
+    uuid = out.strip()
+    job = fake.job(uuid)
+    assert (job.queue, job.command, job.state) == ("builds", "echo hi", "scheduled")
+    code, out, _ = run_ctl(fake, "jobs", "--queue", "builds")
+    assert code == 0 and uuid in out and "scheduled" in out
+    code, out, _ = run_ctl(fake, "cancel", uuid)
+    assert code == 0 and fake.job(uuid).state == "canceled"
+
+
+def test_ctl_wait_exits_with_the_jobs_exit_status(fake: FakeBuildkite) -> None:
+    def finish_first_job() -> None:
+        for _ in range(100):
+            jobs = fake.jobs("builds")
+            if jobs:
+                fake.acquire_job(jobs[0].uuid)
+                fake.start_job(jobs[0].uuid)
+                fake.finish_job(jobs[0].uuid, 3)
+                return
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=finish_first_job)
+    worker.start()
+    code, out, _ = run_ctl(
+        fake, "enqueue", "--queue", "builds", "--wait", "--interval", "0.05", "--", "false"
+    )
+    worker.join()
+    assert code == 3
+    assert out.splitlines()[-1] == "finished exit_status=3"
+
+
+def test_ctl_names_a_missing_job_and_an_unreachable_fake(fake: FakeBuildkite) -> None:
+    code, _, err = run_ctl(fake, "cancel", "00000000-0000-0000-0000-000000000000")
+    assert code == 1 and "HTTP 404" in err
+    code = ctl.main(["--url", "http://127.0.0.1:9", "jobs"])
+    assert code == 1
