@@ -173,9 +173,9 @@ def fake_objects(docs: Sequence[Mapping[str, Any]], image: str) -> list[dict[str
     token = _secret_value(docs, "agent-token", "token")
     if token is None:
         raise SandboxError("the stack has no agent token Secret (secrets.agentToken)")
+    # Queues appear in the fake as jobs are enqueued; not naming the stack's here keeps the pod
+    # (and the fake's state) unchanged when another stack is applied beside this one.
     args = ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--no-rate-limits"]
-    for queue in queues(docs):
-        args += ["--queue", queue]
     pod = {
         "automountServiceAccountToken": False,
         "securityContext": {

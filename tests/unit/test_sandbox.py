@@ -53,7 +53,8 @@ def test_the_fake_gets_the_stacks_token_unchanged_and_its_queues(
     pod = by_kind(objects, "Deployment", "fake-buildkite")["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     assert args[args.index("--host") + 1] == "0.0.0.0"
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--queue"] == ["default", "builds"]
+    assert "--queue" not in args
+    assert sandbox.queues(example_docs) == ["default", "builds"]
     assert pod["containers"][0]["image"] == "F:1"
     # The token is only referenced from the container, never inlined.
     assert "bkct_" not in yaml.safe_dump(pod)
@@ -199,3 +200,14 @@ def test_ctl_names_a_missing_job_and_an_unreachable_fake(fake: FakeBuildkite) ->
     assert code == 1 and "HTTP 404" in err
     code = ctl.main(["--url", "http://127.0.0.1:9", "jobs"])
     assert code == 1
+
+
+def test_ctl_api_prints_the_control_apis_json(fake: FakeBuildkite) -> None:
+    import json
+
+    uuid = fake.add_job("builds", command="true")
+    code, out, _ = run_ctl(fake, "api", "GET", f"jobs/{uuid}")
+    assert code == 0
+    assert json.loads(out)["uuid"] == uuid
+    code, out, _ = run_ctl(fake, "api", "PUT", f"jobs/{uuid}", '{"state": "canceled"}')
+    assert code == 0 and fake.job(uuid).state == "canceled"

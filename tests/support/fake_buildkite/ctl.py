@@ -9,6 +9,7 @@ speaks the fake's control API under ``/_fake/`` (:meth:`.control.Control.admin`)
     log UUID
     agents
     cancel UUID
+    api METHOD PATH [JSON]       (one control call, its JSON answer: for scripts and tests)
 
 ``enqueue`` prints the new job's UUID; with ``--wait`` it then waits until the job ends,
 prints its state and exit status and exits with the job's exit status (1 when the job ended
@@ -140,6 +141,12 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def api(args: argparse.Namespace) -> int:
+    body = json.loads(args.body) if args.body else None
+    print(json.dumps(call(args.url, args.method.upper(), args.path.lstrip("/"), body)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m tests.support.fake_buildkite.ctl",
@@ -172,6 +179,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("uuid")
     p.set_defaults(run=cancel)
+    p = sub.add_parser("api", help="one control call, its JSON answer on stdout (for scripts)")
+    p.add_argument("method", choices=["GET", "POST", "PUT", "get", "post", "put"])
+    p.add_argument("path", help="under /_fake/, e.g. jobs/UUID")
+    p.add_argument("body", nargs="?", default=None, help="a JSON body")
+    p.set_defaults(run=api)
     return top
 
 
