@@ -65,10 +65,14 @@ sandbox_apply() {
         key=(--git-host-key "$(realpath "$STACKGEN_SANDBOX_GIT_HOST_KEY")")
     fi
     say "==> sandbox: fake Buildkite and test git server in namespace $SANDBOX_NAMESPACE"
+    # The queues the running fake knows stay (another stack's), so its pod is left alone.
+    local existing
+    existing=$(kc -n "$SANDBOX_NAMESPACE" get deployment fake-buildkite --ignore-not-found \
+        -o jsonpath='{.spec.template.spec.containers[0].args}' 2>/dev/null || true)
     # Straight from the generator into kubectl: the token Secret is never on screen or disk.
     out=$(sandbox_python manifests "$1" --state-dir "$STATE/sandbox" \
-        --fake-image "$IMAGE_FAKE_BUILDKITE" --git-image "$IMAGE_GIT_SERVER" "${key[@]}" |
-        kc apply -f -) || die "applying the sandbox failed"
+        --fake-image "$IMAGE_FAKE_BUILDKITE" --git-image "$IMAGE_GIT_SERVER" "${key[@]}" \
+        --existing-args "${existing:-[]}" | kc apply -f -) || die "applying the sandbox failed"
     local line
     while IFS= read -r line; do say "    $line"; done <<<"$out"
     local d

@@ -276,7 +276,7 @@ run_image_fake_buildkite() {
     # As the sandbox runs it: read-only root, user 65532; it must serve, and refuse a wrong token.
     local name="stackgen-fake-buildkite-check-$$" ip out
     docker run -d --name "$name" --read-only --tmpfs /tmp -e FAKE_BUILDKITE_TOKEN=check-token \
-        "$IMAGE_FAKE_BUILDKITE" --port 8080 >/dev/null
+        "$IMAGE_FAKE_BUILDKITE" >/dev/null
     cleanup_later docker rm -f -v "$name"
     ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
     out=$(docker run --rm --entrypoint python3 -e URL="http://$ip:8080" "$IMAGE_FAKE_BUILDKITE" -c '

@@ -51,9 +51,7 @@ def docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        proc = subprocess.run(
-            ["docker", "info"], capture_output=True, timeout=30, check=False
-        )
+        proc = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
     except subprocess.TimeoutExpired:
         return False
     return proc.returncode == 0
@@ -71,7 +69,9 @@ def missing() -> list[str]:
     return problems
 
 
-def _run(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv),
         capture_output=True,
@@ -107,7 +107,9 @@ def start(name: str, state_root: Path = STATE_ROOT, timeout: int = 300) -> KindC
         timeout=timeout + 600,
     )
     if proc.returncode != 0:
-        raise ClusterError(f"bin/up could not start kind cluster {name}:\n{proc.stdout}\n{proc.stderr}")
+        raise ClusterError(
+            f"bin/up could not start kind cluster {name}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return KindCluster(name, state_root)
 
 
@@ -203,13 +205,19 @@ def write_overlay(
         "metadata": {"name": name, "namespace": namespace},
         "kubernetesVersion": "1.33.0",
         "agent": {
-            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "512Mi"}}
+            "resources": {
+                "requests": {"cpu": "20m", "memory": "32Mi"},
+                "limits": {"memory": "512Mi"},
+            }
         },
         "queues": [dict(q) for q in queues],
         "secrets": {
             "agentToken": {"file": "secrets/token"},
             "gitCredentials": {"file": "secrets/git-credentials"},
-            "sshKey": {"privateKeyFile": "secrets/ssh-key", "knownHostsFile": "secrets/known_hosts"},
+            "sshKey": {
+                "privateKeyFile": "secrets/ssh-key",
+                "knownHostsFile": "secrets/known_hosts",
+            },
         },
         "hooks": {"environment": "hooks/environment"},
         "dispatcher": {"replicas": 1},
@@ -229,7 +237,9 @@ class Sandbox:
     def __init__(self, cluster: KindCluster) -> None:
         self.cluster = cluster
 
-    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(
             "-n",
             sandbox.NAMESPACE,

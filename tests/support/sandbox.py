@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +36,8 @@ FAKE = "fake-buildkite"
 GIT = "git-server"
 FAKE_PORT = 8080
 GIT_HOST = f"{GIT}.{NAMESPACE}.svc.cluster.local"
-ENDPOINT = f"http://{FAKE}.{NAMESPACE}.svc.cluster.local:{FAKE_PORT}/v3"
+FAKE_URL = f"http://{FAKE}.{NAMESPACE}.svc.cluster.local:{FAKE_PORT}"
+ENDPOINT = f"{FAKE_URL}/v3"
 #: The repository the sandbox's git server serves (one commit on main, a README).
 REPOSITORY = "sandbox"
 LABELS = {"app.kubernetes.io/part-of": "stackgen-sandbox"}
@@ -77,6 +79,11 @@ def queues(docs: Sequence[Mapping[str, Any]]) -> list[str]:
         if doc.get("kind") in ("Deployment", "CronJob") and name and name not in names:
             names.append(name)
     return names
+
+
+def queue_args(args: Sequence[str]) -> list[str]:
+    """The queues a fake's command line names (``--queue Q``)."""
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--queue"]
 
 
 def public_key(private_b64: str) -> str:
@@ -168,14 +175,19 @@ def _service(name: str, ports: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def fake_objects(docs: Sequence[Mapping[str, Any]], image: str) -> list[dict[str, Any]]:
+def fake_objects(
+    docs: Sequence[Mapping[str, Any]], image: str, keep_queues: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """The fake Buildkite: its token Secret (the stack's), Deployment and Service."""
     token = _secret_value(docs, "agent-token", "token")
     if token is None:
         raise SandboxError("the stack has no agent token Secret (secrets.agentToken)")
-    # Queues appear in the fake as jobs are enqueued; not naming the stack's here keeps the pod
-    # (and the fake's state) unchanged when another stack is applied beside this one.
-    args = ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--no-rate-limits"]
+    # The fake knows the queues of every stack applied so far (``keep_queues``: those its
+    # Deployment already names), so applying a stack whose queues it knows leaves its pod,
+    # and the jobs it holds, alone.
+    names = sorted({*keep_queues, *queues(docs)})
+    args = ["--host", "0.0.0.0", "--port", str(FAKE_PORT), "--advertise-url", FAKE_URL]
+    args += ["--no-rate-limits", *(a for q in names for a in ("--queue", q))]
     pod = {
         "automountServiceAccountToken": False,
         "securityContext": {
@@ -282,6 +294,7 @@ def manifests(
     git_image: str,
     state_dir: Path,
     git_host_key: Path | None = None,
+    keep_queues: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Every object of the sandbox namespace, for the stack made of ``docs``."""
     namespace = {
@@ -291,7 +304,7 @@ def manifests(
     }
     return [
         namespace,
-        *fake_objects(docs, fake_image),
+        *fake_objects(docs, fake_image, keep_queues),
         *git_objects(docs, git_image, state_dir, git_host_key),
     ]
 
@@ -305,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fake-image", required=True)
     p.add_argument("--git-image", required=True)
     p.add_argument("--git-host-key", type=Path, default=None)
+    p.add_argument(
+        "--existing-args", default="", help="the fake Deployment's current args (JSON list)"
+    )
     sub.add_parser("endpoint", help="print the agent API endpoint of the sandbox")
     args = parser.parse_args(argv)
     if args.action == "endpoint":
@@ -318,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             git_image=args.git_image,
             state_dir=args.state_dir,
             git_host_key=args.git_host_key,
+            keep_queues=queue_args(json.loads(args.existing_args or "[]")),
         )
     except (OSError, SandboxError, ValueError) as err:
         print(f"sandbox: {err}", file=sys.stderr)

@@ -1,14 +1,9 @@
-"""The sandbox of ``bin/up --sandbox``: its objects, the stack layer, and the fake's ctl CLI."""
+"""The sandbox of ``bin/up --sandbox``: its objects and the layer over the stack."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +12,6 @@ import yaml
 
 from stackgen.pipeline import build
 from tests.support import sandbox
-from tests.support.fake_buildkite import FakeBuildkite, ctl
 from tests.support.paths import ROOT, TOOLS_BIN
 
 EXAMPLE = ROOT / "overlays" / "example"
@@ -53,8 +47,8 @@ def test_the_fake_gets_the_stacks_token_unchanged_and_its_queues(
     pod = by_kind(objects, "Deployment", "fake-buildkite")["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     assert args[args.index("--host") + 1] == "0.0.0.0"
-    assert "--queue" not in args
-    assert sandbox.queues(example_docs) == ["default", "builds"]
+    assert args[args.index("--advertise-url") + 1] == sandbox.FAKE_URL
+    assert sandbox.queue_args(args) == ["builds", "default"]
     assert pod["containers"][0]["image"] == "F:1"
     # The token is only referenced from the container, never inlined.
     assert "bkct_" not in yaml.safe_dump(pod)
@@ -146,68 +140,68 @@ def test_the_stack_layer_points_agents_dispatcher_and_adapter_at_the_fake(
     assert len(docs) == len(before)
 
 
-# ---------------------------------------------------------------------------- the ctl CLI
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBuildkite]:
-    with FakeBuildkite(token="ctl-token", queues=("builds",)) as bk:
-        yield bk
-
-
-def run_ctl(fake: FakeBuildkite, *args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = ctl.main(["--url", fake.url, *args])
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_ctl_enqueues_lists_and_cancels(fake: FakeBuildkite) -> None:
-    code, out, _ = run_ctl(fake, "enqueue", "--queue", "builds", "--", "echo", "hi")
-    assert code == 0
-    uuid = out.strip()
-    job = fake.job(uuid)
-    assert (job.queue, job.command, job.state) == ("builds", "echo hi", "scheduled")
-    code, out, _ = run_ctl(fake, "jobs", "--queue", "builds")
-    assert code == 0 and uuid in out and "scheduled" in out
-    code, out, _ = run_ctl(fake, "cancel", uuid)
-    assert code == 0 and fake.job(uuid).state == "canceled"
-
-
-def test_ctl_wait_exits_with_the_jobs_exit_status(fake: FakeBuildkite) -> None:
-    def finish_first_job() -> None:
-        for _ in range(100):
-            jobs = fake.jobs("builds")
-            if jobs:
-                fake.acquire_job(jobs[0].uuid)
-                fake.start_job(jobs[0].uuid)
-                fake.finish_job(jobs[0].uuid, 3)
-                return
-            time.sleep(0.05)
-
-    worker = threading.Thread(target=finish_first_job)
-    worker.start()
-    code, out, _ = run_ctl(
-        fake, "enqueue", "--queue", "builds", "--wait", "--interval", "0.05", "--", "false"
+def test_queues_the_fake_knows_are_kept_so_its_pod_stays(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    first = sandbox.manifests(
+        example_docs, fake_image="F", git_image="G", state_dir=tmp_path, keep_queues=["other"]
     )
-    worker.join()
-    assert code == 3
-    assert out.splitlines()[-1] == "finished exit_status=3"
+    args = by_kind(first, "Deployment", "fake-buildkite")["spec"]["template"]["spec"]
+    names = sandbox.queue_args(args["containers"][0]["args"])
+    assert names == ["builds", "default", "other"]
+    again = sandbox.manifests(
+        example_docs, fake_image="F", git_image="G", state_dir=tmp_path, keep_queues=names
+    )
+    assert by_kind(again, "Deployment", "fake-buildkite") == by_kind(
+        first, "Deployment", "fake-buildkite"
+    )
 
 
-def test_ctl_names_a_missing_job_and_an_unreachable_fake(fake: FakeBuildkite) -> None:
-    code, _, err = run_ctl(fake, "cancel", "00000000-0000-0000-0000-000000000000")
-    assert code == 1 and "HTTP 404" in err
-    code = ctl.main(["--url", "http://127.0.0.1:9", "jobs"])
-    assert code == 1
-
-
-def test_ctl_api_prints_the_control_apis_json(fake: FakeBuildkite) -> None:
-    import json
-
-    uuid = fake.add_job("builds", command="true")
-    code, out, _ = run_ctl(fake, "api", "GET", f"jobs/{uuid}")
-    assert code == 0
-    assert json.loads(out)["uuid"] == uuid
-    code, out, _ = run_ctl(fake, "api", "PUT", f"jobs/{uuid}", '{"state": "canceled"}')
-    assert code == 0 and fake.job(uuid).state == "canceled"
+def test_bin_sandbox_runs_the_ctl_in_the_fakes_pod(tmp_path: Path) -> None:
+    state = tmp_path / "clusters" / "stackgen-demo"
+    state.mkdir(parents=True)
+    (state / "kubeconfig").write_text("{}")
+    (state / "cluster.env").write_text("RUNTIME=kind\nNAME=stackgen-demo\nSANDBOX=1\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    kubectl = bindir / "kubectl"
+    kubectl.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    kubectl.chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    argv = [str(ROOT / "bin" / "sandbox"), "--name", "stackgen-demo"]
+    argv += ["--state-dir", str(tmp_path / "clusters")]
+    proc = subprocess.run(
+        [*argv, "enqueue", "--queue", "builds", "--wait", "--", "echo", "hi there"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    words = proc.stdout.splitlines()
+    assert words[:6] == [
+        "--kubeconfig",
+        str(state / "kubeconfig"),
+        "-n",
+        "stackgen-sandbox",
+        "exec",
+        "deploy/fake-buildkite",
+    ]
+    assert words[words.index("--") + 1 :] == [
+        "python3",
+        "-m",
+        "tests.support.fake_buildkite.ctl",
+        "enqueue",
+        "--queue",
+        "builds",
+        "--wait",
+        "--command",
+        "echo hi there",
+    ]
+    (state / "cluster.env").write_text("RUNTIME=kind\nNAME=stackgen-demo\nSANDBOX=0\n")
+    proc = subprocess.run([*argv, "jobs"], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert (
+        proc.stderr
+        == "bin/sandbox: cluster stackgen-demo runs no sandbox (bin/up --sandbox starts one)\n"
+    )

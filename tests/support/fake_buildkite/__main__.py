@@ -1,7 +1,12 @@
 """``python -m tests.support.fake_buildkite``: serve a fake in its own process.
 
 Prints the URL (one line) on stdout, then serves until SIGTERM/SIGINT; drive it through
-its control API under ``/_fake/`` (:meth:`~.control.Control.admin`).
+its control API under ``/_fake/`` (:meth:`~.control.Control.admin`, or ``python -m
+tests.support.fake_buildkite.ctl``).  Needs only the standard library and this package
+(``tests/__init__.py``, ``tests/support/__init__.py`` and ``tests/support/fake_buildkite/``),
+so it runs in a plain ``python:3`` container: ``--host 0.0.0.0 --port 8080
+--advertise-url http://SERVICE:8080 --token-file /secrets/token``.  The token is never
+printed.
 """
 
 from __future__ import annotations
@@ -21,19 +26,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve a fake until SIGTERM/SIGINT; print its URL (one line) on stdout first."""
     parser = argparse.ArgumentParser(
         prog="python -m tests.support.fake_buildkite",
-        description="Serve a fake Buildkite agent API on 127.0.0.1 (test support).",
+        description="Serve a fake Buildkite (agent API, Stacks API, metrics; test support).",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (0.0.0.0 inside a container)"
     )
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: ephemeral)")
     parser.add_argument(
-        "--host",
-        default=os.environ.get("FAKE_BUILDKITE_HOST", "127.0.0.1"),
-        help="address to bind (default: $FAKE_BUILDKITE_HOST, else 127.0.0.1; a pod: 0.0.0.0)",
+        "--advertise-url",
+        default=None,
+        metavar="URL",
+        help="base URL agents are told to use (e.g. http://fake-buildkite.NS.svc:8080)",
     )
     parser.add_argument(
         "--token",
         default=os.environ.get("FAKE_BUILDKITE_TOKEN"),
-        help="the valid agent token (default: $FAKE_BUILDKITE_TOKEN)",
+        help="the valid agent (registration) token (default: $FAKE_BUILDKITE_TOKEN)",
     )
+    parser.add_argument(
+        "--token-file", default=None, metavar="PATH", help="read the token from this file"
+    )
+    parser.add_argument("--ping-interval", type=int, default=1, metavar="SECONDS")
+    parser.add_argument("--job-status-interval", type=int, default=1, metavar="SECONDS")
+    parser.add_argument("--heartbeat-interval", type=int, default=10, metavar="SECONDS")
     parser.add_argument("--organization-slug", default="acme")
     parser.add_argument("--cluster-uuid", default=None)
     parser.add_argument("--cluster-name", default="Default")
@@ -46,8 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll-duration", type=int, default=10)
     parser.add_argument("--no-rate-limits", action="store_true")
     args = parser.parse_args(argv)
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as handle:
+                args.token = handle.read().strip()
+        except OSError as err:
+            parser.error(f"--token-file {args.token_file}: {err.strerror}")
+        if not args.token:
+            parser.error(f"--token-file {args.token_file}: the file is empty")
     if not args.token:
-        parser.error("--token (or FAKE_BUILDKITE_TOKEN) is required")
+        parser.error("--token, --token-file or FAKE_BUILDKITE_TOKEN is required")
+    for name in ("ping_interval", "job_status_interval", "heartbeat_interval"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
 
     stop = threading.Event()
 
@@ -64,10 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         queues=args.queues or ("default",),
         default_queue=(args.queues or ["default"])[0],
         poll_duration_seconds=args.poll_duration,
+        host=args.host,
         port=args.port,
+        advertise_url=args.advertise_url,
         enforce_rate_limits=not args.no_rate_limits,
+        ping_interval=args.ping_interval,
+        job_status_interval=args.job_status_interval,
+        heartbeat_interval=args.heartbeat_interval,
     )
-    fake.bind_host = args.host
     for spec in args.jobs:
         queue, sep, count = spec.partition("=")
         if not sep or not count.isdigit():

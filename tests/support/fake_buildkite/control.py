@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.support.fake_buildkite.agent_control import AgentControl
 from tests.support.fake_buildkite.metrics import metrics_payload
 from tests.support.fake_buildkite.routes import ROUTE_NAMES
-from tests.support.fake_buildkite.state import FakeJob, Fault, RequestRecord, State
+from tests.support.fake_buildkite.state import FakeJob, Fault, RequestRecord
 from tests.support.fake_buildkite.wire import (
     DEFAULT_RESERVATION_SECONDS,
     FAULT_KINDS,
@@ -32,7 +33,7 @@ from tests.support.fake_buildkite.wire import (
 )
 
 
-class Control(State):
+class Control(AgentControl):
     """The fake's state, with the methods a test drives it by."""
 
     # ------------------------------------------------------------------ test helpers: setup
@@ -40,29 +41,6 @@ class Control(State):
     def pause_queue(self, key: str, paused: bool = True) -> None:
         """Set ``cluster_queue.dispatch_paused`` (and ``paused``) for a queue."""
         self.add_queue(key, paused=paused)
-
-    def add_job(self, queue: str, **fields: Any) -> str:
-        """Add one job (state ``scheduled`` unless given) and return its UUID.
-
-        ``fields`` are ``FakeJob`` fields (``uuid``, ``priority``, ``scheduled_at``, ``env``,
-        ``command``, ``step_key``, ``pipeline_slug``, ``build_number``, ...). ``scheduled_at``
-        defaults to the fake's clock; ``env`` is merged over the usual ``BUILDKITE_*`` values.
-        """
-        with self._lock:
-            queue = self._resolve_queue(queue)
-            fields.setdefault("scheduled_at", self._clock())
-            extra_env = dict(fields.pop("env", None) or {})
-            job = FakeJob(queue=queue, **fields)
-            if job.uuid in self._jobs:
-                raise ValueError(f"job {job.uuid} already exists")
-            self._seq += 1
-            job.seq = self._seq
-            job.env = self._default_env(job) | extra_env
-            if job.state in TERMINAL_STATES:
-                job.finished_at = self._clock()
-            self._jobs[job.uuid] = job
-            self.add_queue(queue)
-            return job.uuid
 
     def add_jobs(self, queue: str, n: int, **fields: Any) -> list[str]:
         """Add ``n`` jobs with the same fields; returns their UUIDs, oldest first."""
@@ -241,14 +219,20 @@ class Control(State):
         ``{"exit_status"?}`` (409 once the job is finished, canceled, ...);
         ``PUT /_fake/agents`` ``{"queue", "idle", "busy"}``; ``POST /_fake/faults`` ``{"target",
         "kind", "times"?, "seconds"?}``; ``GET /_fake/requests``, ``/_fake/finished``,
-        ``/_fake/notifications``. An unknown job UUID answers 404. Control calls are not in the
-        request log and never rate limited.
+        ``/_fake/notifications``; for real agents (:meth:`~.agent_control.AgentControl.
+        admin_agent_api`): ``POST /_fake/enqueue``, ``GET /_fake/jobs/<uuid>/log``, ``POST
+        /_fake/jobs/<uuid>/cancel``, ``GET /_fake/agents``, ``POST /_fake/agents/<uuid>/
+        disconnect``. An unknown job UUID answers 404. Control calls are not in the request
+        log and never rate limited.
         """
         query = parse_qs(req.query)
         try:
             body = parse_body(req.body) or {}
             if not isinstance(body, dict):
                 raise ApiError(400, "request body must be a JSON object")
+            agent_answer = self.admin_agent_api(req.method, path, body)
+            if agent_answer is not None:
+                return agent_answer
             if req.method == "POST" and path == ["jobs"]:
                 fields = body.get("fields") or {}
                 uuids = self.add_jobs(str(body["queue"]), int(body.get("count", 1)), **fields)

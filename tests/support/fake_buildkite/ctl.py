@@ -1,19 +1,24 @@
-"""``python -m tests.support.fake_buildkite.ctl``: drive a running fake from a shell.
+"""Talk to a running fake Buildkite over its control API (``/_fake/``): client and CLI.
 
-What ``bin/sandbox`` runs inside the sandbox's fake pod (``kubectl exec``), against the fake
-on ``http://127.0.0.1:8080`` (``--url`` or ``$FAKE_BUILDKITE_URL`` for another one). It only
-speaks the fake's control API under ``/_fake/`` (:meth:`.control.Control.admin`)::
+:class:`FakeControl` is what tests and tools use against a fake in another process (or in
+a cluster: it needs only the standard library and this package)::
 
-    enqueue --queue Q [--wait] [--timeout S] [--env K=V]... -- COMMAND...
-    jobs [--queue Q] [--state S]
-    log UUID
-    agents
-    cancel UUID
-    api METHOD PATH [JSON]       (one control call, its JSON answer: for scripts and tests)
+    bk = FakeControl("http://127.0.0.1:8080")
+    uuid = bk.enqueue("default", "echo hello")
+    job = bk.wait(uuid)           # finished, canceled, …
+    print(job["exit_status"], bk.log(uuid))
 
-``enqueue`` prints the new job's UUID; with ``--wait`` it then waits until the job ends,
-prints its state and exit status and exits with the job's exit status (1 when the job ended
-without one, 2 on a timeout).
+and ``python -m tests.support.fake_buildkite.ctl`` is the same from a shell (``--url``
+or ``$FAKE_BUILDKITE_URL``)::
+
+    ctl enqueue --queue default --command 'echo hello' --wait   # prints the log;
+                                                                # exits with the job's status
+    ctl jobs [--queue Q] [--state S]      ctl job UUID      ctl log UUID
+    ctl wait UUID [--timeout S]           ctl cancel UUID   ctl agents
+
+Exit status: 0, or the job's exit status for ``enqueue --wait``/``wait`` (1 when it has
+none, e.g. cancelled before it ran), 1 when the fake answers an error (one line on
+stderr), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -23,178 +28,223 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
-from tests.support.fake_buildkite.client import http_request
 from tests.support.fake_buildkite.wire import TERMINAL_STATES
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-class CtlError(Exception):
-    """A control call failed (the message says which and why)."""
+class FakeControlError(Exception):
+    """The fake answered an error (or could not be reached)."""
 
 
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """What the HTTP client raises when the fake cannot be reached (httpx's, or urllib's)."""
-    try:
-        import httpx
-    except ImportError:
-        return (OSError,)
-    return (OSError, httpx.TransportError)
+class FakeControl:
+    """A small client of a running fake's control API (standard library only)."""
 
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        """``url``: the fake's base URL (``http://HOST:PORT``, without ``/v3``)."""
+        self.url = url.rstrip("/")
+        self.timeout = timeout
 
-def call(url: str, method: str, path: str, body: Any = None) -> Any:
-    """One control call (``/_fake/...``); the decoded JSON answer, or CtlError."""
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    try:
-        resp = http_request(method, url.rstrip("/") + "/_fake/" + path, headers=headers, body=data)
-    except _transport_errors() as err:
-        raise CtlError(f"cannot reach the fake Buildkite at {url}: {err}") from None
-    if resp.status >= 400:
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.url}/_fake/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
         try:
-            message = resp.json().get("message", "")
-        except ValueError:
-            message = resp.body.decode(errors="replace")[:200]
-        raise CtlError(f"{method} /_fake/{path}: HTTP {resp.status} {message}".rstrip())
-    return resp.json() if resp.body else {}
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            with err:
+                raw = err.read()
+            try:
+                message = json.loads(raw).get("message", "")
+            except (ValueError, AttributeError):
+                message = raw[:200].decode("utf-8", "replace")
+            raise FakeControlError(f"{method} /_fake/{path}: {err.code} {message}") from None
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise FakeControlError(f"cannot reach the fake at {self.url}: {reason}") from None
+
+    def enqueue(
+        self,
+        queue: str,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        plugins: Sequence[Mapping[str, Any]] | None = None,
+        repository: str = "",
+        label: str | None = None,
+    ) -> str:
+        """Schedule a job that an agent on ``queue`` will run; returns its UUID."""
+        body: dict[str, Any] = {"queue": queue, "command": command, "env": dict(env or {})}
+        if plugins is not None:
+            body["plugins"] = list(plugins)
+        if repository:
+            body["repository"] = repository
+        if label is not None:
+            body["label"] = label
+        return str(self._call("POST", "enqueue", body)["uuid"])
+
+    def job(self, uuid: str) -> dict[str, Any]:
+        """The job as the fake records it (state, agent, times, exit status, env, …)."""
+        result: dict[str, Any] = self._call("GET", f"jobs/{quote(uuid)}")
+        return result
+
+    def jobs(self, queue: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        """Every job (optionally of one queue / in one state), oldest first."""
+        query = urlencode({k: v for k, v in (("queue", queue), ("state", state)) if v})
+        return list(self._call("GET", "jobs" + (f"?{query}" if query else ""))["jobs"])
+
+    def log(self, uuid: str) -> str:
+        """The job's log as its agent uploaded it."""
+        return str(self._call("GET", f"jobs/{quote(uuid)}/log")["log"])
+
+    def cancel(self, uuid: str) -> str:
+        """Cancel the job; returns its new state (``canceling`` while its agent stops it)."""
+        return str(self._call("POST", f"jobs/{quote(uuid)}/cancel")["state"])
+
+    def agents(self) -> list[dict[str, Any]]:
+        """The agents that registered (no tokens)."""
+        return list(self._call("GET", "agents")["agents"])
+
+    def wait(self, uuid: str, timeout: float = 300.0, poll: float = 0.25) -> dict[str, Any]:
+        """Wait until the job ended (finished, canceled, …); returns it.
+
+        Raises TimeoutError (naming the job's last state) when it does not end in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(uuid)
+            if job["state"] in TERMINAL_STATES:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {uuid} still {job['state']} after {timeout:g}s")
+            time.sleep(poll)
 
 
-def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    env = {}
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fake_buildkite.ctl",
+        description="Drive a running fake Buildkite (jobs for real agents, their logs).",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("FAKE_BUILDKITE_URL", DEFAULT_URL),
+        help=f"the fake's base URL (default: $FAKE_BUILDKITE_URL or {DEFAULT_URL})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    enq = sub.add_parser("enqueue", help="schedule a job; prints its UUID")
+    enq.add_argument("--queue", default="default")
+    enq.add_argument("--command", dest="job_command", required=True, metavar="COMMAND")
+    enq.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    enq.add_argument("--plugins", default=None, metavar="JSON", help="BUILDKITE_PLUGINS")
+    enq.add_argument("--repository", default="", help="BUILDKITE_REPO (default: no checkout)")
+    enq.add_argument("--label", default=None)
+    enq.add_argument("--wait", action="store_true", help="wait, print the log, exit with it")
+    enq.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    jobs = sub.add_parser("jobs", help="list jobs (one line each)")
+    jobs.add_argument("--queue", default=None)
+    jobs.add_argument("--state", default=None)
+    for name, text in (
+        ("job", "show one job (JSON)"),
+        ("log", "print a job's log"),
+        ("cancel", "cancel a job"),
+        ("wait", "wait for a job to end; print its log, exit with its status"),
+    ):
+        one = sub.add_parser(name, help=text)
+        one.add_argument("uuid")
+        if name == "wait":
+            one.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    sub.add_parser("agents", help="list the agents that registered (one line each)")
+    return parser
+
+
+def _env_pairs(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CtlError(f"--env expects KEY=VALUE, got {pair!r}")
+            parser.error(f"--env expects KEY=VALUE, got {pair!r}")
         env[key] = value
     return env
 
 
-def enqueue(args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise CtlError("enqueue needs a command after --")
-    fields: dict[str, Any] = {"command": " ".join(command), "label": args.label}
-    env = _env_pairs(args.env)
-    if env:
-        fields["env"] = env
-    uuids = call(args.url, "POST", "jobs", {"queue": args.queue, "fields": fields})["uuids"]
-    uuid = uuids[0]
-    print(uuid, flush=True)
-    if not args.wait:
-        return 0
-    deadline = time.monotonic() + args.timeout
-    while True:
-        job = call(args.url, "GET", f"jobs/{uuid}")
-        if job["state"] in TERMINAL_STATES:
-            break
-        if time.monotonic() > deadline:
-            print(f"timed out after {args.timeout:.0f}s: job {uuid} is {job['state']}")
-            return 2
-        time.sleep(args.interval)
+def _finished(bk: FakeControl, uuid: str, timeout: float) -> int:
+    job = bk.wait(uuid, timeout=timeout)
+    sys.stdout.write(bk.log(uuid))
+    sys.stdout.flush()
     status = job.get("exit_status")
-    print(f"{job['state']} exit_status={'-' if status is None else status}")
-    if status is None:
-        return 1
-    return int(status) if 0 <= int(status) < 256 else 1
+    print(f"job {uuid} {job['state']}, exit status {status}", file=sys.stderr)
+    return status if isinstance(status, int) and 0 <= status <= 255 else 1
 
 
-def jobs(args: argparse.Namespace) -> int:
-    query = "&".join(
-        f"{key}={value}" for key, value in (("queue", args.queue), ("state", args.state)) if value
-    )
-    items = call(args.url, "GET", "jobs" + (f"?{query}" if query else ""))["jobs"]
-    print(f"{'UUID':36}  {'QUEUE':12}  {'STATE':10}  {'EXIT':>4}  COMMAND")
-    for job in items:
-        status = job.get("exit_status")
-        print(
-            f"{job['uuid']:36}  {job['queue']:12}  {job['state']:10}  "
-            f"{'-' if status is None else status:>4}  {job['command']}"
+def _run(bk: FakeControl, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "enqueue":
+        plugins = None
+        if args.plugins is not None:
+            try:
+                plugins = json.loads(args.plugins)
+            except ValueError:
+                parser.error("--plugins must be JSON (a list of {location: config})")
+            if not isinstance(plugins, list):
+                parser.error("--plugins must be a JSON list")
+        uuid = bk.enqueue(
+            args.queue,
+            args.job_command,
+            env=_env_pairs(parser, args.env),
+            plugins=plugins,
+            repository=args.repository,
+            label=args.label,
         )
-    return 0
-
-
-def log(args: argparse.Namespace) -> int:
-    answer = call(args.url, "GET", f"jobs/{args.uuid}/log")
-    sys.stdout.write(answer.get("log", ""))
-    return 0
-
-
-def agents(args: argparse.Namespace) -> int:
-    items = call(args.url, "GET", "agents")["agents"]
-    print(f"{'NAME':40}  {'STATE':12}  {'JOB':36}  TAGS")
-    for agent in items:
-        print(
-            f"{agent.get('name', ''):40}  {agent.get('state', ''):12}  "
-            f"{agent.get('job') or '-':36}  {','.join(agent.get('meta_data') or [])}"
-        )
-    return 0
-
-
-def cancel(args: argparse.Namespace) -> int:
-    job = call(args.url, "PUT", f"jobs/{args.uuid}", {"state": "canceled"})
-    print(f"{job['uuid']} {job['state']}")
-    return 0
-
-
-def api(args: argparse.Namespace) -> int:
-    body = json.loads(args.body) if args.body else None
-    print(json.dumps(call(args.url, args.method.upper(), args.path.lstrip("/"), body)))
-    return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m tests.support.fake_buildkite.ctl",
-        description="Drive a running fake Buildkite through its control API (test support).",
-    )
-    top.add_argument(
-        "--url",
-        default=os.environ.get("FAKE_BUILDKITE_URL", DEFAULT_URL),
-        help=f"the fake's URL (default: $FAKE_BUILDKITE_URL, else {DEFAULT_URL})",
-    )
-    sub = top.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("enqueue", help="add a scheduled job running COMMAND on queue Q")
-    p.add_argument("--queue", required=True)
-    p.add_argument("--wait", action="store_true", help="wait until the job ends")
-    p.add_argument("--timeout", type=float, default=600, help="with --wait (default 600s)")
-    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
-    p.add_argument("--label", default=":sandbox: sandbox job")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    p.set_defaults(run=enqueue)
-    p = sub.add_parser("jobs", help="list the jobs")
-    p.add_argument("--queue")
-    p.add_argument("--state")
-    p.set_defaults(run=jobs)
-    p = sub.add_parser("log", help="print a job's log")
-    p.add_argument("uuid")
-    p.set_defaults(run=log)
-    p = sub.add_parser("agents", help="list the agents that registered")
-    p.set_defaults(run=agents)
-    p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("uuid")
-    p.set_defaults(run=cancel)
-    p = sub.add_parser("api", help="one control call, its JSON answer on stdout (for scripts)")
-    p.add_argument("method", choices=["GET", "POST", "PUT", "get", "post", "put"])
-    p.add_argument("path", help="under /_fake/, e.g. jobs/UUID")
-    p.add_argument("body", nargs="?", default=None, help="a JSON body")
-    p.set_defaults(run=api)
-    return top
+        if not args.wait:
+            print(uuid)
+            return 0
+        print(uuid, file=sys.stderr)
+        return _finished(bk, uuid, args.timeout)
+    if args.command == "jobs":
+        for job in bk.jobs(args.queue, args.state):
+            status = "" if job.get("exit_status") is None else f" exit={job['exit_status']}"
+            taker = f" agent={job['agent_name']}" if job.get("agent_name") else ""
+            print(f"{job['uuid']} {job['queue']} {job['state']}{status}{taker}")
+        return 0
+    if args.command == "agents":
+        for agent in bk.agents():
+            busy = f" job={agent['current_job']}" if agent.get("current_job") else ""
+            print(f"{agent['uuid']} {agent['name']} {agent['queue']} {agent['state']}{busy}")
+        return 0
+    if args.command == "job":
+        print(json.dumps(bk.job(args.uuid), indent=2, sort_keys=True))
+        return 0
+    if args.command == "log":
+        sys.stdout.write(bk.log(args.uuid))
+        return 0
+    if args.command == "cancel":
+        print(bk.cancel(args.uuid))
+        return 0
+    return _finished(bk, args.uuid, args.timeout)  # wait
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one control command against the fake at ``--url``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
-        result: int = args.run(args)
-    except CtlError as err:
-        print(f"fake-buildkite ctl: {err}", file=sys.stderr)
+        return _run(FakeControl(args.url), parser, args)
+    except (FakeControlError, TimeoutError) as err:
+        print(f"ctl: {err}", file=sys.stderr)
         return 1
-    return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The metrics endpoints (``GET /v3/metrics``, ``/v3/metrics/queue``) and ``GET /v3/token``.
 
 Counts per queue as Buildkite's agent metrics endpoint gives them (a reserved job still
-waits, so it counts as scheduled), with the poll-duration hint agents and adapters obey.
+waits, so it counts as scheduled; agents: those a test set plus the real agents connected
+through the agent API), with the poll-duration hint agents and adapters obey.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def metrics_payload(fake: State, queue: str | None) -> dict[str, Any]:
         counts["total"] = counts["scheduled"] + counts["running"] + counts["waiting"]
         per_jobs[name] = counts
         idle, busy = fake._agents.get(name, (0, 0))
+        for agent in fake._agent_records.values():  # real agents connected to the fake
+            if agent.queue == name and agent.state in ("connected", "paused", "stopping"):
+                busy, idle = (busy + 1, idle) if agent.current_job else (busy, idle + 1)
         per_agents[name] = {"idle": idle, "busy": busy, "total": idle + busy}
 
     def total(per: dict[str, dict[str, int]], keys: Sequence[str]) -> dict[str, int]:

@@ -43,7 +43,7 @@ from tests.support.fake_buildkite.wire import (
 
 
 class FakeBuildkite(Control):
-    """A thread-safe, in-memory Buildkite agent API served over HTTP on 127.0.0.1.
+    """A thread-safe, in-memory Buildkite agent API served over HTTP (127.0.0.1 by default).
 
     All state sits behind one lock. Time comes from ``clock`` (``time.time`` unless a
     ``VirtualClock`` is given): reservation and token expiry, rate-limit windows and the
@@ -58,19 +58,16 @@ class FakeBuildkite(Control):
 
     _server: _Server | None = None
     _thread: threading.Thread | None = None
-    #: The address :meth:`start` binds: loopback, unless a process serving other machines
-    #: (the sandbox's pod: ``python -m tests.support.fake_buildkite --host 0.0.0.0``) sets it.
-    bind_host: str = "127.0.0.1"
 
     def __repr__(self) -> str:  # never shows the token
         state = self.url if self._server else "stopped"
         return f"<FakeBuildkite {state} org={self.organization_slug!r}>"
 
     def start(self) -> FakeBuildkite:
-        """Bind :attr:`bind_host` (127.0.0.1) and serve in a daemon thread; returns self."""
+        """Bind (127.0.0.1 unless ``host`` says otherwise) and serve in a daemon thread."""
         if self._server is not None:
             return self
-        server = _Server((self.bind_host, self._port), _Handler)
+        server = _Server((self._host, self._port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(
@@ -109,8 +106,9 @@ class FakeBuildkite(Control):
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (only while running)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://HOST:PORT`` (only while running; 127.0.0.1 when bound to every address)."""
+        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
+        return f"http://{host}:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -119,8 +117,13 @@ class FakeBuildkite(Control):
 
     @property
     def advertised_endpoint(self) -> str:
-        """The agent API endpoint (empty while not serving)."""
-        return self.endpoint if self._server else ""
+        """The endpoint agents are told to use: ``advertise_url`` or the bound URL, + ``/v3``.
+
+        Empty while not serving.
+        """
+        if self._server is None:
+            return ""
+        return (self._advertise_url or self.url) + "/v3"
 
     # ------------------------------------------------------------------ internals: HTTP
 
@@ -215,7 +218,7 @@ class FakeBuildkite(Control):
                 if route is None:
                     raise ApiError(404, "Not Found")
                 self._check_auth(req, route, params, now)
-                body = parse_body(req.body)
+                body = None if route.raw_body else parse_body(req.body)
                 if scope is not None:
                     key = params.get("key")
                     if key is None:  # register: the key is in the body
@@ -240,7 +243,7 @@ class FakeBuildkite(Control):
         presented = presented_token(req.headers)
         if presented is None:
             raise ApiError(401, "No agent token was provided in the Authorization header")
-        if hmac.compare_digest(presented.encode(), self._token.encode()):
+        if route.token_ok and hmac.compare_digest(presented.encode(), self._token.encode()):
             return
         if route.also_accepts is not None and route.also_accepts(self, presented, params, now):
             return

@@ -82,6 +82,8 @@ class FakeJob:
     repository: str = "git@example.com:acme/pipeline.git"
     agent_query_rules: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: ``BUILDKITE_PLUGINS`` (a JSON list of ``{location: config}``), or None.
+    plugins: str | None = None
     # Bookkeeping the fake maintains.
     reserved_by: str | None = None
     reserved_until: float | None = None
@@ -89,6 +91,17 @@ class FakeJob:
     acquired_at: float | None = None
     finished_at: float | None = None
     seq: int = 0
+    # What a real agent did with it (the agent API, :mod:`.agent_api` / :mod:`.jobs_api`).
+    agent_uuid: str | None = None
+    agent_name: str | None = None
+    accepted_at: float | None = None
+    started_at: float | None = None
+    signal: str | None = None
+    signal_reason: str | None = None
+    chunks: int = 0
+    chunks_failed_count: int | None = None
+    header_times: dict[str, str] = field(default_factory=dict)
+    cancel_requested_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.state not in JOB_STATES:
@@ -99,6 +112,33 @@ class FakeJob:
             self.created_at = self.scheduled_at
         if not self.agent_query_rules:
             self.agent_query_rules = [f"queue={self.queue}"]
+
+
+@dataclass
+class AgentRecord:
+    """One registered buildkite-agent (its access token is kept apart, never shown)."""
+
+    uuid: str
+    name: str
+    hostname: str
+    version: str
+    queue: str
+    tags: list[str]
+    features: list[str]
+    ignore_in_dispatches: bool
+    registered_at: float
+    #: The job a job-acquisition token registered it for (it may acquire only that one).
+    bound_job: str | None = None
+    state: str = "registered"  # registered, connected, stopping, disconnected
+    connected_at: float | None = None
+    last_ping_at: float | None = None
+    last_heartbeat_at: float | None = None
+    disconnected_at: float | None = None
+    pings: int = 0
+    current_job: str | None = None
+    jobs: list[str] = field(default_factory=list)
+    #: What the next ping answers instead of work (``"disconnect"``, ``"pause"``), if set.
+    pending_action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +210,11 @@ class State:
         enforce_rate_limits: bool = True,
         max_stacks: int = 100,
         acquire_retry_after: int = 1,
+        host: str = "127.0.0.1",
+        advertise_url: str | None = None,
+        ping_interval: int = 1,
+        job_status_interval: int = 1,
+        heartbeat_interval: int = 10,
     ) -> None:
         """Create a stopped fake.
 
@@ -188,6 +233,12 @@ class State:
             enforce_rate_limits: False keeps the headers but never answers 429.
             max_stacks: registering more active stacks answers 403.
             acquire_retry_after: ``Retry-After`` seconds on a 423 from acquire.
+            host: the address to bind (``0.0.0.0`` inside a container; tests keep 127.0.0.1).
+            advertise_url: the base URL agents are told to use (register's and a job's
+                ``endpoint``), e.g. a Service's address; default: the bound URL.
+            ping_interval: seconds between an agent's pings (register's ``ping_interval``).
+            job_status_interval: seconds between a running job's state checks (cancel).
+            heartbeat_interval: seconds between an agent's heartbeats.
         """
         self._token = token
         self.organization_slug = organization_slug
@@ -204,6 +255,11 @@ class State:
         self._rate_limits = dict(RATE_LIMITS)
         self._rate_limits.update(rate_limits or {})
         self._enforce_rate_limits = enforce_rate_limits
+        self._host = host
+        self._advertise_url = advertise_url.rstrip("/") if advertise_url else None
+        self.ping_interval = ping_interval
+        self.job_status_interval = job_status_interval
+        self.heartbeat_interval = heartbeat_interval
 
         self._lock = threading.RLock()
         self._jobs: dict[str, FakeJob] = {}
@@ -217,6 +273,11 @@ class State:
         self._finished: list[dict[str, Any]] = []
         self._requests: list[RequestRecord] = []
         self._faults: list[Fault] = []
+        # The agent API: registered agents, their access tokens, job tokens, job logs.
+        self._agent_records: dict[str, AgentRecord] = {}
+        self._agent_tokens: dict[str, str] = {}  # access token -> agent UUID
+        self._job_tokens: dict[str, str] = {}  # job token -> job UUID
+        self._chunks: dict[str, dict[int, tuple[int, bytes]]] = {}  # job -> seq -> (offset, data)
         for q in queues:
             self.add_queue(q)
         self.add_queue(default_queue)
@@ -227,6 +288,29 @@ class State:
             queue = self._queues.setdefault(key, QueueRecord(id=new_uuid()))
             if paused is not None:
                 queue.paused = paused
+
+    def add_job(self, queue: str, **fields: Any) -> str:
+        """Add one job (state ``scheduled`` unless given) and return its UUID.
+
+        ``fields`` are ``FakeJob`` fields (``uuid``, ``priority``, ``scheduled_at``, ``env``,
+        ``command``, ``step_key``, ``pipeline_slug``, ``build_number``, ...). ``scheduled_at``
+        defaults to the fake's clock; ``env`` is merged over the usual ``BUILDKITE_*`` values.
+        """
+        with self._lock:
+            queue = self._resolve_queue(queue)
+            fields.setdefault("scheduled_at", self._clock())
+            extra_env = dict(fields.pop("env", None) or {})
+            job = FakeJob(queue=queue, **fields)
+            if job.uuid in self._jobs:
+                raise ValueError(f"job {job.uuid} already exists")
+            self._seq += 1
+            job.seq = self._seq
+            job.env = self._default_env(job) | extra_env
+            if job.state in TERMINAL_STATES:
+                job.finished_at = self._clock()
+            self._jobs[job.uuid] = job
+            self.add_queue(queue)
+            return job.uuid
 
     @property
     def advertised_endpoint(self) -> str:
@@ -250,13 +334,27 @@ class State:
         return sorted(self._jobs.values(), key=lambda j: (j.scheduled_at, j.seq))
 
     def _default_env(self, job: FakeJob) -> dict[str, str]:
+        """The environment Buildkite gives a job (an agent adds its own at accept/acquire)."""
+        build_url = (
+            f"https://buildkite.com/{self.organization_slug}/{job.pipeline_slug}"
+            f"/builds/{job.build_number}"
+        )
         env = {
+            "CI": "true",
+            "BUILDKITE": "true",
             "BUILDKITE_JOB_ID": job.uuid,
+            "BUILDKITE_BUILD_URL": build_url,
+            "BUILDKITE_MESSAGE": job.label,
+            "BUILDKITE_SOURCE": "api",
+            "BUILDKITE_RETRY_COUNT": "0",
+            "BUILDKITE_PULL_REQUEST": "false",
+            "BUILDKITE_PIPELINE_NAME": job.pipeline_slug,
+            "BUILDKITE_PIPELINE_DEFAULT_BRANCH": "main",
+            "BUILDKITE_ORGANIZATION_ID": self.organization_uuid,
             "BUILDKITE_BUILD_ID": job.build_uuid,
             "BUILDKITE_BUILD_NUMBER": str(job.build_number),
             "BUILDKITE_BRANCH": job.build_branch,
             "BUILDKITE_COMMIT": job.build_commit,
-            "BUILDKITE_REPO": job.repository,
             "BUILDKITE_PIPELINE_SLUG": job.pipeline_slug,
             "BUILDKITE_PIPELINE_ID": job.pipeline_uuid,
             "BUILDKITE_ORGANIZATION_SLUG": self.organization_slug,
@@ -264,8 +362,14 @@ class State:
             "BUILDKITE_COMMAND": job.command,
             "BUILDKITE_AGENT_META_DATA_QUEUE": job.queue,
         }
+        if self.cluster_uuid:
+            env["BUILDKITE_CLUSTER_ID"] = self.cluster_uuid
         if job.step_key:
             env["BUILDKITE_STEP_KEY"] = job.step_key
+        if job.repository:  # an empty repository: the agent skips the checkout
+            env["BUILDKITE_REPO"] = job.repository
+        if job.plugins:
+            env["BUILDKITE_PLUGINS"] = job.plugins
         return env
 
     def _expire(self, now: float) -> None:

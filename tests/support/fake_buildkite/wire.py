@@ -259,9 +259,11 @@ class Route:
     """One endpoint: ``method /v3/<pattern>`` (``:name`` segments are parameters).
 
     ``scope`` is the Stacks API rate-limit scope (None: not rate limited); ``handler``
-    answers with the fake's lock held.  Every route takes the agent token;
-    ``also_accepts(state, token, params, now)`` may accept another credential (a
-    job-acquisition token for its job, an agent's access token, …).
+    answers with the fake's lock held.  A route takes the agent (registration) token
+    unless ``token_ok`` is False; ``also_accepts(state, token, params, now)`` may accept
+    another credential (a job-acquisition token for its job, an agent's access token, a
+    job token, …).  ``raw_body`` routes get the body as sent (``ctx.body`` is None; read
+    ``ctx.request.body``), e.g. gzip-compressed log chunks.
     """
 
     method: str
@@ -270,6 +272,8 @@ class Route:
     scope: str | None
     handler: Callable[[State, Ctx], Response]
     also_accepts: Callable[[State, str, Mapping[str, str], float], bool] | None = None
+    token_ok: bool = True
+    raw_body: bool = False
 
     def match(self, method: str, rest: list[str]) -> dict[str, str] | None:
         """The path parameters when this route answers ``method`` and ``rest``, else None."""
