@@ -8,7 +8,8 @@
 #   straight into kubectl apply, never printed), the git server the stack's SSH key (its public
 #   half) and, over HTTPS, the stack's git-credentials line for its host. Its SSH host key stays
 #   in STATE/sandbox/ (STACKGEN_SANDBOX_GIT_HOST_KEY names another), with the known_hosts line
-#   a stack needs in STATE/sandbox/known_hosts.
+#   a stack needs in STATE/sandbox/known_hosts. STACKGEN_SANDBOX_QUEUES (space-separated)
+#   names more queues the fake knows from the start (for stacks applied later beside it).
 # - The stack itself goes through one more kustomize layer (STATE/sandbox/stack-layer/, like
 #   --images local's): the agents' and the metrics adapter's BUILDKITE_AGENT_ENDPOINT (their
 #   ConfigMaps, found by label) and the dispatcher's STACKGEN_BUILDKITE_ENDPOINT (which
@@ -70,9 +71,12 @@ sandbox_apply() {
     existing=$(kc -n "$SANDBOX_NAMESPACE" get deployment fake-buildkite --ignore-not-found \
         -o jsonpath='{.spec.template.spec.containers[0].args}' 2>/dev/null || true)
     # Straight from the generator into kubectl: the token Secret is never on screen or disk.
+    local extra=() q
+    for q in ${STACKGEN_SANDBOX_QUEUES:-}; do extra+=(--queue "$q"); done
     out=$(sandbox_python manifests "$1" --state-dir "$STATE/sandbox" \
         --fake-image "$IMAGE_FAKE_BUILDKITE" --git-image "$IMAGE_GIT_SERVER" "${key[@]}" \
-        --existing-args "${existing:-[]}" | kc apply -f -) || die "applying the sandbox failed"
+        --existing-args "${existing:-[]}" "${extra[@]}" | kc apply -f -) ||
+        die "applying the sandbox failed"
     local line
     while IFS= read -r line; do say "    $line"; done <<<"$out"
     local d

@@ -114,7 +114,11 @@ def start(name: str, state_root: Path = STATE_ROOT, timeout: int = 300) -> KindC
 
 
 def apply_stack(
-    cluster: KindCluster, overlay: Path, host_key: Path, timeout: int = 300
+    cluster: KindCluster,
+    overlay: Path,
+    host_key: Path,
+    timeout: int = 300,
+    extra_queues: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """``bin/up --sandbox OVERLAY`` into the session cluster (raises with its output on failure)."""
     proc = _run(
@@ -129,7 +133,10 @@ def apply_stack(
             str(overlay),
         ],
         timeout=timeout * 3 + 300,
-        env={"STACKGEN_SANDBOX_GIT_HOST_KEY": str(host_key)},
+        env={
+            "STACKGEN_SANDBOX_GIT_HOST_KEY": str(host_key),
+            "STACKGEN_SANDBOX_QUEUES": " ".join(extra_queues),
+        },
     )
     if proc.returncode != 0:
         raise AssertionError(f"bin/up --sandbox {overlay} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -256,18 +263,46 @@ class Sandbox:
             timeout=timeout,
         )
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        args = [method, path] + ([json.dumps(body)] if body is not None else [])
-        return json.loads(self.ctl("api", *args).stdout)
+    def control(self, expression: str) -> Any:
+        """``FakeControl(url).<expression>`` evaluated in the fake's pod; its JSON result."""
+        code = (
+            "import json; from tests.support.fake_buildkite.ctl import FakeControl; "
+            f"print(json.dumps(FakeControl('http://127.0.0.1:{sandbox.FAKE_PORT}').{expression}))"
+        )
+        proc = self.cluster.kubectl(
+            "-n",
+            sandbox.NAMESPACE,
+            "exec",
+            "deploy/fake-buildkite",
+            "-c",
+            "fake-buildkite",
+            "--",
+            "python3",
+            "-c",
+            code,
+            timeout=60,
+        )
+        return json.loads(proc.stdout)
 
     def enqueue(self, queue: str, command: str, **fields: Any) -> str:
-        body = {"queue": queue, "fields": {"command": command, **fields}}
-        uuids: list[str] = self.api("POST", "jobs", body)["uuids"]
-        return uuids[0]
+        args = ["enqueue", "--queue", queue, "--command", command]
+        for key, value in (fields.get("env") or {}).items():
+            args += ["--env", f"{key}={value}"]
+        if fields.get("repository"):
+            args += ["--repository", fields["repository"]]
+        return self.ctl(*args).stdout.strip()
 
     def job(self, uuid: str) -> dict[str, Any]:
-        job: dict[str, Any] = self.api("GET", f"jobs/{uuid}")
+        job: dict[str, Any] = json.loads(self.ctl("job", uuid).stdout)
         return job
+
+    def jobs(self, queue: str | None = None) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = self.control(f"jobs({queue!r})")
+        return jobs
+
+    def agents(self) -> list[dict[str, Any]]:
+        agents: list[dict[str, Any]] = self.control("agents()")
+        return agents
 
     def wait_finished(self, uuid: str, timeout: float = 300) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:

@@ -321,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--existing-args", default="", help="the fake Deployment's current args (JSON list)"
     )
+    p.add_argument("--queue", action="append", default=[], help="one more queue (repeatable)")
     sub.add_parser("endpoint", help="print the agent API endpoint of the sandbox")
     args = parser.parse_args(argv)
     if args.action == "endpoint":
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             git_image=args.git_image,
             state_dir=args.state_dir,
             git_host_key=args.git_host_key,
-            keep_queues=queue_args(json.loads(args.existing_args or "[]")),
+            keep_queues=[*queue_args(json.loads(args.existing_args or "[]")), *args.queue],
         )
     except (OSError, SandboxError, ValueError) as err:
         print(f"sandbox: {err}", file=sys.stderr)
