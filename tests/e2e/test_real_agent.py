@@ -1,0 +1,305 @@
+"""The real buildkite-agent (.tools/bin/buildkite-agent) against the fake Buildkite.
+
+The agent runs as a local process pointed at the fake on 127.0.0.1 (no cluster): it
+registers, pings, takes a job, runs its command through its own bootstrap (hooks, plugins,
+the command in bash), streams the log and finishes.  What the fake records (agent, times,
+exit status, the decoded log) is what Buildkite would show:
+
+- ``--disconnect-after-job`` agents run one job each: exit 0 and exit 3 are recorded with
+  their output; the environment hook's output is in the log; the registration token
+  (the agent's own env) is nowhere in a job's log, even one that prints its whole env;
+- a plugin given as ``BUILDKITE_PLUGINS`` JSON (a local git repository) runs its hook;
+- ``--acquire-job UUID`` runs exactly that job (registered with the job-acquisition token
+  the Stacks API issued, as exact mode does); a second acquire of it exits 27, the code
+  the agent documents for a rejected acquisition;
+- cancelling a running ``sleep`` stops it: the agent sees ``canceling`` and finishes the
+  job, which ends ``canceled``.
+
+Without the agent binary (``bin/setup buildkite-agent``) the tests skip, or fail under
+``STACKGEN_E2E_REQUIRED=1``.  Every agent process is stopped by its PID at the end; the
+build, hooks and plugins folders are temporary and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_buildkite import FakeBuildkite, FakeJob, http_request
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT = REPO_ROOT / ".tools" / "bin" / "buildkite-agent"
+TOKEN = "bkct_e2e-registration-token-5f0c2b8e91"
+HOOK_MARK = "environment-hook-ran-7d41"
+#: The agent's exit code for a job acquisition Buildkite rejected (clicommand/agent_start.go).
+ACQUISITION_REJECTED = 27
+
+
+@pytest.fixture(scope="module")
+def agent_binary() -> Path:
+    if not os.access(AGENT, os.X_OK):
+        message = f"missing {AGENT.relative_to(REPO_ROOT)} (run bin/setup buildkite-agent)"
+        if os.environ.get("STACKGEN_E2E_REQUIRED") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return AGENT
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBuildkite]:
+    with FakeBuildkite(TOKEN, queues=("default", "exact"), ping_interval=1) as bk:
+        yield bk
+
+
+@dataclass
+class Agents:
+    """Real agent processes started by a test, with their work folders (all temporary)."""
+
+    binary: Path
+    fake: FakeBuildkite
+    root: Path
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    @property
+    def hooks(self) -> Path:
+        return self.root / "hooks"
+
+    def start(self, *args: str, token: str = TOKEN, queue: str = "default") -> int:
+        """Start ``buildkite-agent start ARGS``; returns its index (for :meth:`wait`)."""
+        index = len(self.procs)
+        log = self.root / f"agent-{index}.log"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.root / "home"),
+            "LANG": "C.UTF-8",
+            "BUILDKITE_AGENT_TOKEN": token,  # as the stack passes it: env, not argv
+            "BUILDKITE_AGENT_CONFIG": str(self.root / "agent.cfg"),
+        }
+        command = [
+            str(self.binary),
+            "start",
+            "--endpoint",
+            self.fake.endpoint,
+            "--name",
+            f"e2e-{index}",
+            "--tags",
+            f"queue={queue}",
+            "--build-path",
+            str(self.root / "builds"),
+            "--hooks-path",
+            str(self.hooks),
+            "--plugins-path",
+            str(self.root / "plugins"),
+            "--sockets-path",
+            str(self.root / "sockets"),
+            "--no-color",
+            *args,
+        ]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append((proc, log))
+        return index
+
+    def wait(self, index: int, timeout: float = 90) -> int:
+        """The agent's exit code (it must exit by itself within ``timeout``)."""
+        proc = self.procs[index][0]
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"agent {index} still running after {timeout}s:\n{self.log(index)}")
+
+    def log(self, index: int) -> str:
+        text = self.procs[index][1].read_text(errors="replace")
+        return text[-4000:]
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+
+
+@pytest.fixture
+def agents(agent_binary: Path, fake: FakeBuildkite) -> Iterator[Agents]:
+    root = Path(tempfile.mkdtemp(prefix="stackgen-agent-e2e-"))
+    try:
+        for name in ("hooks", "builds", "plugins", "sockets", "home"):
+            (root / name).mkdir()
+        (root / "agent.cfg").write_text("")
+        hook = root / "hooks" / "environment"
+        hook.write_text(f"#!/bin/bash\necho {HOOK_MARK} for $BUILDKITE_JOB_ID\n")
+        hook.chmod(0o755)
+        running = Agents(agent_binary, fake, root)
+        try:
+            yield running
+        finally:
+            running.stop_all()
+    finally:
+        if root.name.startswith("stackgen-agent-e2e-"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def ended(fake: FakeBuildkite, uuid: str, agents: Agents, timeout: float = 90) -> FakeJob:
+    try:
+        return fake.wait_for_job(uuid, timeout=timeout)
+    except TimeoutError as err:
+        logs = "\n".join(agents.log(i) for i in range(len(agents.procs)))
+        pytest.fail(f"{err}\n{logs}")
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_disconnect_after_job_agents_run_one_job_each_with_status_and_log(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    ok = fake.enqueue("default", "echo out-of-job-ok; env | sort", env={"STEP_ENV": "from-step"})
+    failing = fake.enqueue("default", "echo about-to-fail >&2; exit 3")
+    first = agents.start("--disconnect-after-job")
+    second = agents.start("--disconnect-after-job")
+
+    jobs = {uuid: ended(fake, uuid, agents) for uuid in (ok, failing)}
+    assert agents.wait(first) == 0, agents.log(first)
+    assert agents.wait(second) == 0, agents.log(second)
+
+    assert (jobs[ok].state, jobs[ok].exit_status) == ("finished", 0)
+    assert (jobs[failing].state, jobs[failing].exit_status) == ("finished", 3)
+    ok_log, failing_log = fake.job_log(ok), fake.job_log(failing)
+    assert "out-of-job-ok" in ok_log and "STEP_ENV=from-step" in ok_log
+    assert f"BUILDKITE_JOB_ID={ok}" in ok_log
+    assert "about-to-fail" in failing_log
+    for uuid, log in ((ok, ok_log), (failing, failing_log)):
+        assert f"{HOOK_MARK} for {uuid}" in log
+        assert TOKEN not in log
+    # One job per agent, each recorded with its agent and ordered times.
+    by_agent = {a["uuid"]: a for a in fake.agents()}
+    assert {jobs[ok].agent_uuid, jobs[failing].agent_uuid} == set(by_agent)
+    for job in jobs.values():
+        agent = by_agent[job.agent_uuid or ""]
+        assert agent["jobs"] == [job.uuid] and agent["state"] == "disconnected"
+        assert "disconnect-after-job" in agent["features"]
+        assert job.accepted_at and job.started_at and job.finished_at
+        assert job.accepted_at <= job.started_at <= job.finished_at
+        assert job.chunks >= 1 and job.chunks_failed_count == 0 and job.header_times
+
+
+def test_a_plugin_from_buildkite_plugins_json_runs(
+    fake: FakeBuildkite, agents: Agents, tmp_path: Path
+) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    plugin = agents.root / "greeter-buildkite-plugin"
+    (plugin / "hooks").mkdir(parents=True)
+    hook = plugin / "hooks" / "environment"
+    hook.write_text('#!/bin/bash\necho "plugin says $BUILDKITE_PLUGIN_GREETER_GREETING"\n')
+    hook.chmod(0o755)
+    git = ["git", "-C", str(plugin), "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "plugin"], check=True)
+
+    uuid = fake.enqueue(
+        "default", "echo command-ran", plugins=[{f"{plugin}#main": {"greeting": "hola"}}]
+    )
+    index = agents.start("--disconnect-after-job")
+    job = ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    log = fake.job_log(uuid)
+    assert job.exit_status == 0, log
+    assert "plugin says hola" in log and "command-ran" in log
+
+
+def _acquisition_token(fake: FakeBuildkite, uuid: str) -> str:
+    """Reserve the job and get its job-acquisition token through the Stacks API."""
+
+    def post(method: str, path: str, body: object) -> dict[str, object]:
+        resp = http_request(
+            method,
+            fake.endpoint + path,
+            headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+        )
+        assert resp.status in (200, 201), resp.body
+        result: dict[str, object] = resp.json()
+        return result
+
+    stack = {"key": "e2e", "type": "custom", "queue_key": "exact", "metadata": {}}
+    post("POST", "/stacks/register", stack)
+    post("PUT", "/stacks/e2e/scheduled-jobs/batch-reserve", {"job_uuids": [uuid]})
+    issued = post("POST", "/stacks/e2e/job-acquisition-tokens", {"job_uuids": [uuid]})
+    tokens = issued["job_acquisition_tokens"]
+    assert isinstance(tokens, list) and len(tokens) == 1
+    return str(tokens[0]["job_acquisition_token"])
+
+
+def test_acquire_job_runs_exactly_that_job_and_a_second_acquire_exits_27(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    older = fake.enqueue("exact", "echo should-not-run")
+    wanted = fake.enqueue("exact", "echo acquired-job-ran")
+    token = _acquisition_token(fake, wanted)
+
+    first = agents.start("--acquire-job", wanted, token=token, queue="exact")
+    job = ended(fake, wanted, agents)
+    assert agents.wait(first) == 0, agents.log(first)
+    assert (job.state, job.exit_status) == ("finished", 0)
+    assert "acquired-job-ran" in fake.job_log(wanted)
+    assert token not in fake.job_log(wanted)
+    assert fake.job(older).state == "scheduled"  # exactly that job, nothing else
+    (agent,) = fake.agents()
+    assert agent["bound_job"] == wanted and agent["ignore_in_dispatches"] is True
+    assert agent["jobs"] == [wanted]
+
+    again = agents.start("--acquire-job", wanted, queue="exact")
+    assert agents.wait(again) == ACQUISITION_REJECTED, agents.log(again)
+    assert fake.job(wanted).agent_uuid == agent["uuid"]  # still the first agent's job
+
+
+def test_cancel_stops_a_running_sleep_job(fake: FakeBuildkite, agents: Agents) -> None:
+    uuid = fake.enqueue("default", "echo going-to-sleep; sleep 300; echo woke-up")
+    index = agents.start("--disconnect-after-job")
+    wait_until("the job to run", lambda: "going-to-sleep" in fake.job_log(uuid))
+    assert fake.job(uuid).state == "running"
+
+    asked = time.monotonic()
+    assert fake.cancel_job(uuid) == "canceling"
+    job = ended(fake, uuid, agents, timeout=60)
+    took = time.monotonic() - asked
+    assert agents.wait(index) == 0
+    assert job.state == "canceled"
+    assert job.exit_status not in (None, 0)
+    assert "woke-up" not in fake.job_log(uuid)
+    assert took < 30, f"cancel took {took:.1f}s"
+
+
+def test_the_agent_log_never_shows_the_registration_token(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    uuid = fake.enqueue("default", "true")
+    index = agents.start("--disconnect-after-job", "--debug")
+    ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    log = agents.procs[index][1].read_text(errors="replace")
+    assert "Registering agent" in log or "Successfully registered" in log, log[-2000:]
+    assert TOKEN not in log
