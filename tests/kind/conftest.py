@@ -78,6 +78,7 @@ class KindStack:
 #: The queue of a second stack whose known_hosts is wrong (the fake knows it from the start,
 #: so applying that stack later leaves the fake's pod alone).
 BAD_HOSTS_QUEUE = "kind-badhosts"
+WEBHOOK_QUEUE = "kind-webhook"
 #: The queues of the session's stack (one stack, so the fake's pod is never restarted).
 QUEUES = [
     {
@@ -95,6 +96,14 @@ QUEUES = [
         "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
     },
     {"name": "kind-hpa", "mode": "hpa", "minAgents": 1, "maxAgents": 2},
+    # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
+    {
+        "name": WEBHOOK_QUEUE,
+        "mode": "dispatch",
+        "maxAgents": 1,
+        "buffer": 0,
+        "dispatch": {"pollIntervalSeconds": 300, "ttlSecondsAfterFinished": 30},
+    },
 ]
 
 

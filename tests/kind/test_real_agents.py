@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.kind.conftest import BAD_HOSTS_QUEUE, KindStack
+from tests.kind.conftest import BAD_HOSTS_QUEUE, WEBHOOK_QUEUE, KindStack
 from tests.support import kind, sandbox
 from tests.support.cluster import wait_for
 
@@ -200,3 +200,23 @@ def test_hpa_queue_scales_on_the_adapters_metrics(kind_stack: KindStack) -> None
     jobs = [stack.sandbox.wait_finished(u, timeout=400) for u in uuids]
     assert [(j["state"], j["exit_status"]) for j in jobs] == [("finished", 0)] * 3
     assert len({j["agent_name"] for j in jobs}) == 2, "two long-lived agents shared the jobs"
+
+
+def test_a_signed_webhook_from_the_fake_starts_the_job_before_the_next_poll(
+    kind_stack: KindStack,
+) -> None:
+    stack = kind_stack
+    uuid = stack.sandbox.enqueue(WEBHOOK_QUEUE, "echo started by a webhook")
+    url = f"http://stackgen-dispatcher.{stack.namespace}.svc.cluster.local:8080/webhook"
+    # A wrong key is refused; the stack's webhook token is accepted.
+    assert stack.sandbox.send_webhook(uuid, url, "not-the-webhook-token") == 401
+    assert stack.sandbox.send_webhook(uuid, url, stack.keys.webhook_token) == 202
+    # The queue polls every 300 s: finishing well within that took the webhook.
+    job = stack.sandbox.wait_finished(uuid, timeout=150)
+    assert (job["state"], job["exit_status"]) == ("finished", 0)
+    metrics = stack.cluster.kubectl(
+        "get",
+        "--raw",
+        f"/api/v1/namespaces/{stack.namespace}/services/stackgen-dispatcher:8080/proxy/metrics",
+    ).stdout
+    assert 'stackgen_webhooks_total{result="accepted"} 1.0' in metrics

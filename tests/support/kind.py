@@ -151,6 +151,7 @@ class Keys:
     """The secrets a test stack uses: its token, SSH key, and the git server's host key."""
 
     token: str
+    webhook_token: str
     ssh_private: bytes
     host_private: bytes
     http_password: str
@@ -171,6 +172,7 @@ class Keys:
 
         return cls(
             token=f"bkct_kind_e2e_{secrets.token_hex(16)}",
+            webhook_token=secrets.token_hex(20),
             ssh_private=key(),
             host_private=key(),
             http_password=secrets.token_hex(12),
@@ -198,6 +200,7 @@ def write_overlay(
     secrets_dir.mkdir(parents=True, exist_ok=True)
     (dest / "hooks").mkdir(exist_ok=True)
     (secrets_dir / "token").write_text(keys.token + "\n")
+    (secrets_dir / "webhook-token").write_text(keys.webhook_token + "\n")
     (secrets_dir / "ssh-key").write_bytes(keys.ssh_private)
     (secrets_dir / "ssh-key").chmod(0o600)
     (secrets_dir / "known_hosts").write_text(known_hosts or keys.known_hosts())
@@ -227,7 +230,10 @@ def write_overlay(
             },
         },
         "hooks": {"environment": "hooks/environment"},
-        "dispatcher": {"replicas": 1},
+        "dispatcher": {
+            "replicas": 1,
+            "webhook": {"enabled": True, "token": {"file": "secrets/webhook-token"}},
+        },
         "metricsAdapter": {"tls": {"insecureSkipTLSVerify": True}},
         **(extra or {}),
     }
@@ -313,6 +319,36 @@ class Sandbox:
 
     def log(self, uuid: str) -> str:
         return self.ctl("log", uuid).stdout
+
+    def send_webhook(self, uuid: str, url: str, key: str) -> int:
+        """From the fake's pod: a ``job.scheduled`` webhook for job ``uuid``, HMAC-signed with
+        ``key`` (given on stdin, never on a command line), to ``url``; the answer's status."""
+        code = (
+            "import dataclasses, sys\n"
+            "from tests.support.fake_buildkite.ctl import FakeControl\n"
+            "from tests.support.fake_buildkite.state import FakeJob\n"
+            "from tests.support.fake_buildkite.webhooks import send_webhook\n"
+            f"raw = FakeControl('http://127.0.0.1:{sandbox.FAKE_PORT}').job({uuid!r})\n"
+            "names = {f.name for f in dataclasses.fields(FakeJob)}\n"
+            "job = FakeJob(**{k: v for k, v in raw.items() if k in names})\n"
+            f"print(send_webhook({url!r}, job=job, hmac_key=sys.stdin.read().strip()).status)\n"
+        )
+        proc = self.cluster.kubectl(
+            "-n",
+            sandbox.NAMESPACE,
+            "exec",
+            "-i",
+            "deploy/fake-buildkite",
+            "-c",
+            "fake-buildkite",
+            "--",
+            "python3",
+            "-c",
+            code,
+            input=key + "\n",
+            timeout=60,
+        )
+        return int(proc.stdout.strip())
 
 
 def timed(fn: Any) -> tuple[Any, float]:
