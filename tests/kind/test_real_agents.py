@@ -58,6 +58,10 @@ def test_dispatch_queue_runs_the_enqueued_job_on_a_real_agent(kind_stack: KindSt
     assert job["agent_name"].startswith("buildkite-agent-kind-dispatch-")
     (agent,) = agents_of(stack, uuid)
     assert agent["jobs"] == [uuid]
+    # No surplus: the queue's first job brought exactly one agent (buffer 0).
+    assert [a["name"] for a in stack.sandbox.agents() if a["queue"] == "kind-dispatch"] == [
+        agent["name"]
+    ]
 
     def job_completed() -> list[dict[str, Any]]:
         return [
