@@ -13,7 +13,10 @@ exit status, the decoded log) is what Buildkite would show:
   the Stacks API issued, as exact mode does); a second acquire of it exits 27, the code
   the agent documents for a rejected acquisition;
 - cancelling a running ``sleep`` stops it: the agent sees ``canceling`` and finishes the
-  job, which ends ``canceled``.
+  job, which ends ``canceled``;
+- the fake as its own process, driven by ``python -m tests.support.fake_buildkite.ctl``
+  (``enqueue --wait`` prints the log and exits with the job's status), with a long-lived
+  agent taking job after job.
 
 Without the agent binary (``bin/setup buildkite-agent``) the tests skip, or fail under
 ``STACKGEN_E2E_REQUIRED=1``.  Every agent process is stopped by its PID at the end; the
@@ -25,7 +28,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -65,7 +70,7 @@ class Agents:
     """Real agent processes started by a test, with their work folders (all temporary)."""
 
     binary: Path
-    fake: FakeBuildkite
+    endpoint: str
     root: Path
     procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
 
@@ -88,7 +93,7 @@ class Agents:
             str(self.binary),
             "start",
             "--endpoint",
-            self.fake.endpoint,
+            self.endpoint,
             "--name",
             f"e2e-{index}",
             "--tags",
@@ -142,7 +147,7 @@ def agents(agent_binary: Path, fake: FakeBuildkite) -> Iterator[Agents]:
         hook = root / "hooks" / "environment"
         hook.write_text(f"#!/bin/bash\necho {HOOK_MARK} for $BUILDKITE_JOB_ID\n")
         hook.chmod(0o755)
-        running = Agents(agent_binary, fake, root)
+        running = Agents(agent_binary, fake.endpoint, root)
         try:
             yield running
         finally:
@@ -177,7 +182,8 @@ def test_disconnect_after_job_agents_run_one_job_each_with_status_and_log(
     ok = fake.enqueue("default", "echo out-of-job-ok; env | sort", env={"STEP_ENV": "from-step"})
     failing = fake.enqueue("default", "echo about-to-fail >&2; exit 3")
     first = agents.start("--disconnect-after-job")
-    second = agents.start("--disconnect-after-job")
+    # Without ANSI timestamps the agent reports section header times instead.
+    second = agents.start("--disconnect-after-job", "--no-ansi-timestamps")
 
     jobs = {uuid: ended(fake, uuid, agents) for uuid in (ok, failing)}
     assert agents.wait(first) == 0, agents.log(first)
@@ -201,12 +207,11 @@ def test_disconnect_after_job_agents_run_one_job_each_with_status_and_log(
         assert "disconnect-after-job" in agent["features"]
         assert job.accepted_at and job.started_at and job.finished_at
         assert job.accepted_at <= job.started_at <= job.finished_at
-        assert job.chunks >= 1 and job.chunks_failed_count == 0 and job.header_times
+        assert job.chunks >= 1 and job.chunks_failed_count == 0
+        assert bool(job.header_times) == (job.agent_name == "e2e-1"), job.header_times
 
 
-def test_a_plugin_from_buildkite_plugins_json_runs(
-    fake: FakeBuildkite, agents: Agents, tmp_path: Path
-) -> None:
+def test_a_plugin_from_buildkite_plugins_json_runs(fake: FakeBuildkite, agents: Agents) -> None:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     plugin = agents.root / "greeter-buildkite-plugin"
@@ -277,7 +282,8 @@ def test_acquire_job_runs_exactly_that_job_and_a_second_acquire_exits_27(
 
 
 def test_cancel_stops_a_running_sleep_job(fake: FakeBuildkite, agents: Agents) -> None:
-    uuid = fake.enqueue("default", "echo going-to-sleep; sleep 300; echo woke-up")
+    # The log echoes the command: what it would print after the sleep is computed.
+    uuid = fake.enqueue("default", 'echo going-to-sleep; sleep 300; echo "woke-$((40 + 2))"')
     index = agents.start("--disconnect-after-job")
     wait_until("the job to run", lambda: "going-to-sleep" in fake.job_log(uuid))
     assert fake.job(uuid).state == "running"
@@ -289,7 +295,7 @@ def test_cancel_stops_a_running_sleep_job(fake: FakeBuildkite, agents: Agents) -
     assert agents.wait(index) == 0
     assert job.state == "canceled"
     assert job.exit_status not in (None, 0)
-    assert "woke-up" not in fake.job_log(uuid)
+    assert "woke-42" not in fake.job_log(uuid)
     assert took < 30, f"cancel took {took:.1f}s"
 
 
@@ -303,3 +309,51 @@ def test_the_agent_log_never_shows_the_registration_token(
     log = agents.procs[index][1].read_text(errors="replace")
     assert "Registering agent" in log or "Successfully registered" in log, log[-2000:]
     assert TOKEN not in log
+
+
+def test_ctl_drives_a_standalone_fake_and_a_long_lived_agent(agents: Agents) -> None:
+    """What a sandbox does: the fake as its own process, ctl against it, an agent that stays."""
+    token_file = agents.root / "token"
+    token_file.write_text(TOKEN)
+    serve = ["--port", "0", "--token-file", str(token_file)]
+    fake_proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.fake_buildkite", *serve],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    standalone: Agents | None = None
+    try:
+        assert fake_proc.stdout is not None
+        url = fake_proc.stdout.readline().strip()
+        standalone = Agents(agents.binary, url + "/v3", agents.root)
+        standalone.start()  # long-lived: it keeps taking jobs
+
+        def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "tests.support.fake_buildkite.ctl", "--url", url, *args],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        failing = ctl("enqueue", "--command", "echo via-ctl; exit 4", "--wait", "--timeout", "60")
+        assert failing.returncode == 4, failing.stderr + standalone.log(0)
+        assert "via-ctl" in failing.stdout and "\x1b" not in failing.stdout
+        passing = ctl("enqueue", "--command", "echo second-job", "--env", "X=1", "--wait")
+        assert passing.returncode == 0, passing.stderr
+        assert "second-job" in passing.stdout
+        listed = ctl("agents")
+        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1, listed.stdout
+        assert " e2e-0 default connected" in listed.stdout
+        jobs = ctl("jobs").stdout.splitlines()
+        assert len(jobs) == 2 and all("agent=e2e-0" in line for line in jobs), jobs
+    finally:
+        if standalone is not None:
+            standalone.stop_all()
+        fake_proc.send_signal(signal.SIGTERM)
+        out, err = fake_proc.communicate(timeout=10)
+    assert TOKEN not in out + err

@@ -203,7 +203,8 @@ def test_a_job_runs_accept_start_chunks_finish_and_the_fake_records_it(
     assert env["BUILDKITE_COMMAND"] == "make test" and env["STEP_VAR"] == "1"
     assert env["BUILDKITE_JOB_ID"] == uuid and env["BUILDKITE_AGENT_META_DATA_OS"] == "linux"
     assert env["BUILDKITE_AGENT_NAME"] == "agent-1" and env["BUILDKITE_LABEL"] == ":test:"
-    assert "BUILDKITE_REPO" not in env  # no repository: the agent skips the checkout
+    assert env["BUILDKITE_SKIP_CHECKOUT"] == "true"  # no repository: no checkout
+    assert env["BUILDKITE_REPO"] and env["BUILDKITE_PIPELINE_PROVIDER"]  # the agent needs them
     assert job["step"]["command"] == "make test" and job["chunks_max_size_bytes"] > 0
     job_token = job["token"]
     assert job_token and job_token != access
@@ -252,6 +253,19 @@ def test_a_job_runs_accept_start_chunks_finish_and_the_fake_records_it(
     assert done.header_times == {"0": "2024-01-01T00:00:00.5Z"}
     assert fake.job_log(uuid) == "hello wörld\n"
     assert fake.agents()[0]["jobs"] == [uuid] and fake.agents()[0]["current_job"] is None
+
+
+def test_plain_logs_drop_the_agents_timestamps_and_colours(fake: FakeBuildkite) -> None:
+    uuid = fake.enqueue("default", "x")
+    access = register(fake)
+    assert ping_job(fake, access) == uuid
+    token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
+    raw = "\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n".encode()
+    assert chunk(fake, uuid, token, 1, 0, raw).status == 201
+    assert fake.job_log(uuid) == raw.decode()
+    assert fake.job_log(uuid, plain=True) == "~~~ Running\n$ make\n"
+    assert FakeControl(fake.url).log(uuid, plain=True) == "~~~ Running\n$ make\n"
+    assert FakeControl(fake.url).log(uuid) == raw.decode()
 
 
 def test_tokens_only_reach_their_own_job(fake: FakeBuildkite) -> None:
@@ -425,7 +439,7 @@ def test_control_client_enqueue_plugins_cancel_and_unreachable(fake: FakeBuildki
     uuid = bk.enqueue("default", "true", plugins=plugins, repository="/srv/repo.git")
     env = bk.job(uuid)["env"]
     assert json.loads(env["BUILDKITE_PLUGINS"]) == plugins
-    assert env["BUILDKITE_REPO"] == "/srv/repo.git"
+    assert env["BUILDKITE_REPO"] == "/srv/repo.git" and "BUILDKITE_SKIP_CHECKOUT" not in env
     assert bk.cancel(uuid) == "canceled"
     assert bk.wait(uuid, timeout=1)["state"] == "canceled"
     assert bk.log(uuid) == ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,15 @@ from tests.support.fake_buildkite.wire import (
     Response,
     json_response,
 )
+
+#: The agent's inline timestamps (``ESC _bk;t=MILLIS BEL``) and ANSI colour sequences.
+_LOG_MARKUP = re.compile(r"\x1b_bk;t=\d+\x07|\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_log(text: str) -> str:
+    """A job log without the agent's timestamps and colours."""
+    return _LOG_MARKUP.sub("", text)
+
 
 #: States in which a job has an agent that must be told to stop (``canceling``).
 CANCEL_VIA_AGENT = frozenset({"assigned", "accepted", "running"})
@@ -39,33 +49,41 @@ class AgentControl(State):
         *,
         env: Mapping[str, str] | None = None,
         plugins: Sequence[Mapping[str, Any]] | str | None = None,
-        repository: str = "",
+        repository: str | None = None,
         **fields: Any,
     ) -> str:
         """Schedule one job that a real agent on ``queue`` will run; returns its UUID.
 
         ``env`` is merged over the ``BUILDKITE_*`` values a real job has; ``plugins`` (a
-        list of ``{location: config}`` or its JSON) becomes ``BUILDKITE_PLUGINS``; with no
-        ``repository`` the job has no ``BUILDKITE_REPO`` and the agent skips the checkout.
+        list of ``{location: config}`` or its JSON) becomes ``BUILDKITE_PLUGINS``;
+        ``repository`` is ``BUILDKITE_REPO`` (the agent checks it out).  Without one the
+        job says ``BUILDKITE_SKIP_CHECKOUT=true`` (its ``BUILDKITE_REPO`` stays the
+        placeholder: the agent requires one) and the command runs in an empty folder.
         Other ``fields`` are :class:`~.state.FakeJob` fields (``label``, ``priority``, …).
         """
         if plugins is not None and not isinstance(plugins, str):
             plugins = json.dumps(list(plugins), separators=(",", ":"))
+        if repository:
+            fields["repository"] = repository
         return self.add_job(
             queue,
             command=command,
             env=dict(env or {}),
             plugins=plugins,
-            repository=repository,
+            skip_checkout=not repository,
             **fields,
         )
 
-    def job_log(self, uuid: str) -> str:
-        """The job's log: the chunks its agent uploaded, in order, decoded (UTF-8)."""
+    def job_log(self, uuid: str, *, plain: bool = False) -> str:
+        """The job's log: the chunks its agent uploaded, in order, decoded (UTF-8).
+
+        ``plain`` drops the agent's inline timestamps and colours (as Buildkite's UI shows it).
+        """
         with self._lock:
             self._get(uuid)
             chunks = sorted(self._chunks.get(uuid, {}).values())
-            return b"".join(data for _, data in chunks).decode("utf-8", "replace")
+            text = b"".join(data for _, data in chunks).decode("utf-8", "replace")
+        return plain_log(text) if plain else text
 
     def cancel_job(self, uuid: str) -> str:
         """Cancel a job as Buildkite's UI would; returns its new state.
@@ -126,13 +144,13 @@ class AgentControl(State):
     # ------------------------------------------------------------------ control API
 
     def admin_agent_api(
-        self, method: str, path: list[str], body: Mapping[str, Any]
+        self, method: str, path: list[str], body: Mapping[str, Any], plain: bool = False
     ) -> Response | None:
         """``/_fake/`` endpoints for real agents (None: not one of these).
 
         ``POST /_fake/enqueue`` ``{"queue", "command", "env"?, "plugins"?, "repository"?,
-        "label"?, "priority"?}`` -> 201 ``{"uuid"}``; ``GET /_fake/jobs/<uuid>/log`` ->
-        ``{"uuid", "state", "exit_status", "log"}``; ``POST /_fake/jobs/<uuid>/cancel`` ->
+        "label"?, "priority"?}`` -> 201 ``{"uuid"}``; ``GET /_fake/jobs/<uuid>/log[?plain=1]``
+        -> ``{"uuid", "state", "exit_status", "log"}``; ``POST /_fake/jobs/<uuid>/cancel`` ->
         ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/agents`` -> ``{"agents"}``;
         ``POST /_fake/agents/<uuid>/disconnect``.
         """
@@ -143,7 +161,7 @@ class AgentControl(State):
                 str(body["command"]),
                 env={str(k): str(v) for k, v in (body.get("env") or {}).items()},
                 plugins=body.get("plugins"),
-                repository=str(body.get("repository") or ""),
+                repository=str(body.get("repository") or "") or None,
                 **extra,
             )
             return json_response(201, {"uuid": uuid})
@@ -167,7 +185,7 @@ class AgentControl(State):
                         "uuid": job.uuid,
                         "state": job.state,
                         "exit_status": job.exit_status,
-                        "log": self.job_log(job.uuid),
+                        "log": self.job_log(job.uuid, plain=plain),
                     },
                 )
             if method == "POST" and path[2] == "cancel":

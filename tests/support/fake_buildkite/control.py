@@ -230,7 +230,8 @@ class Control(AgentControl):
             body = parse_body(req.body) or {}
             if not isinstance(body, dict):
                 raise ApiError(400, "request body must be a JSON object")
-            agent_answer = self.admin_agent_api(req.method, path, body)
+            plain = query.get("plain", ["0"])[0] not in ("", "0", "false")
+            agent_answer = self.admin_agent_api(req.method, path, body, plain)
             if agent_answer is not None:
                 return agent_answer
             if req.method == "POST" and path == ["jobs"]:

@@ -13,8 +13,10 @@ or ``$FAKE_BUILDKITE_URL``)::
 
     ctl enqueue --queue default --command 'echo hello' --wait   # prints the log;
                                                                 # exits with the job's status
-    ctl jobs [--queue Q] [--state S]      ctl job UUID      ctl log UUID
+    ctl jobs [--queue Q] [--state S]      ctl job UUID      ctl log UUID [--raw]
     ctl wait UUID [--timeout S]           ctl cancel UUID   ctl agents
+
+Logs print without the agent's inline timestamps and colours unless ``--raw``.
 
 Exit status: 0, or the job's exit status for ``enqueue --wait``/``wait`` (1 when it has
 none, e.g. cancelled before it ran), 1 when the fake answers an error (one line on
@@ -81,10 +83,13 @@ class FakeControl:
         *,
         env: Mapping[str, str] | None = None,
         plugins: Sequence[Mapping[str, Any]] | None = None,
-        repository: str = "",
+        repository: str | None = None,
         label: str | None = None,
     ) -> str:
-        """Schedule a job that an agent on ``queue`` will run; returns its UUID."""
+        """Schedule a job that an agent on ``queue`` will run; returns its UUID.
+
+        Without a ``repository`` the agent skips the checkout.
+        """
         body: dict[str, Any] = {"queue": queue, "command": command, "env": dict(env or {})}
         if plugins is not None:
             body["plugins"] = list(plugins)
@@ -104,9 +109,10 @@ class FakeControl:
         query = urlencode({k: v for k, v in (("queue", queue), ("state", state)) if v})
         return list(self._call("GET", "jobs" + (f"?{query}" if query else ""))["jobs"])
 
-    def log(self, uuid: str) -> str:
-        """The job's log as its agent uploaded it."""
-        return str(self._call("GET", f"jobs/{quote(uuid)}/log")["log"])
+    def log(self, uuid: str, *, plain: bool = False) -> str:
+        """The job's log as its agent uploaded it (``plain``: without timestamps, colours)."""
+        query = "?plain=1" if plain else ""
+        return str(self._call("GET", f"jobs/{quote(uuid)}/log{query}")["log"])
 
     def cancel(self, uuid: str) -> str:
         """Cancel the job; returns its new state (``canceling`` while its agent stops it)."""
@@ -150,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     enq.add_argument("--command", dest="job_command", required=True, metavar="COMMAND")
     enq.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     enq.add_argument("--plugins", default=None, metavar="JSON", help="BUILDKITE_PLUGINS")
-    enq.add_argument("--repository", default="", help="BUILDKITE_REPO (default: no checkout)")
+    enq.add_argument("--repository", default=None, help="BUILDKITE_REPO (default: no checkout)")
     enq.add_argument("--label", default=None)
     enq.add_argument("--wait", action="store_true", help="wait, print the log, exit with it")
     enq.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
@@ -167,6 +173,9 @@ def _parser() -> argparse.ArgumentParser:
         one.add_argument("uuid")
         if name == "wait":
             one.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+        if name in ("log", "wait"):
+            one.add_argument("--raw", action="store_true", help="keep timestamps and colours")
+    enq.add_argument("--raw", action="store_true", help="keep timestamps and colours")
     sub.add_parser("agents", help="list the agents that registered (one line each)")
     return parser
 
@@ -181,9 +190,9 @@ def _env_pairs(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[st
     return env
 
 
-def _finished(bk: FakeControl, uuid: str, timeout: float) -> int:
+def _finished(bk: FakeControl, uuid: str, timeout: float, raw: bool) -> int:
     job = bk.wait(uuid, timeout=timeout)
-    sys.stdout.write(bk.log(uuid))
+    sys.stdout.write(bk.log(uuid, plain=not raw))
     sys.stdout.flush()
     status = job.get("exit_status")
     print(f"job {uuid} {job['state']}, exit status {status}", file=sys.stderr)
@@ -212,7 +221,7 @@ def _run(bk: FakeControl, parser: argparse.ArgumentParser, args: argparse.Namesp
             print(uuid)
             return 0
         print(uuid, file=sys.stderr)
-        return _finished(bk, uuid, args.timeout)
+        return _finished(bk, uuid, args.timeout, args.raw)
     if args.command == "jobs":
         for job in bk.jobs(args.queue, args.state):
             status = "" if job.get("exit_status") is None else f" exit={job['exit_status']}"
@@ -228,12 +237,12 @@ def _run(bk: FakeControl, parser: argparse.ArgumentParser, args: argparse.Namesp
         print(json.dumps(bk.job(args.uuid), indent=2, sort_keys=True))
         return 0
     if args.command == "log":
-        sys.stdout.write(bk.log(args.uuid))
+        sys.stdout.write(bk.log(args.uuid, plain=not args.raw))
         return 0
     if args.command == "cancel":
         print(bk.cancel(args.uuid))
         return 0
-    return _finished(bk, args.uuid, args.timeout)  # wait
+    return _finished(bk, args.uuid, args.timeout, args.raw)  # wait
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -84,6 +84,8 @@ class FakeJob:
     env: dict[str, str] = field(default_factory=dict)
     #: ``BUILDKITE_PLUGINS`` (a JSON list of ``{location: config}``), or None.
     plugins: str | None = None
+    #: ``BUILDKITE_SKIP_CHECKOUT=true``: the agent runs the command without a checkout.
+    skip_checkout: bool = False
     # Bookkeeping the fake maintains.
     reserved_by: str | None = None
     reserved_until: float | None = None
@@ -350,6 +352,7 @@ class State:
             "BUILDKITE_PULL_REQUEST": "false",
             "BUILDKITE_PIPELINE_NAME": job.pipeline_slug,
             "BUILDKITE_PIPELINE_DEFAULT_BRANCH": "main",
+            "BUILDKITE_PIPELINE_PROVIDER": "git",
             "BUILDKITE_ORGANIZATION_ID": self.organization_uuid,
             "BUILDKITE_BUILD_ID": job.build_uuid,
             "BUILDKITE_BUILD_NUMBER": str(job.build_number),
@@ -366,8 +369,10 @@ class State:
             env["BUILDKITE_CLUSTER_ID"] = self.cluster_uuid
         if job.step_key:
             env["BUILDKITE_STEP_KEY"] = job.step_key
-        if job.repository:  # an empty repository: the agent skips the checkout
+        if job.repository:
             env["BUILDKITE_REPO"] = job.repository
+        if job.skip_checkout:
+            env["BUILDKITE_SKIP_CHECKOUT"] = "true"
         if job.plugins:
             env["BUILDKITE_PLUGINS"] = job.plugins
         return env
