@@ -96,6 +96,15 @@ QUEUES = [
         "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
     },
     {"name": "kind-hpa", "mode": "hpa", "minAgents": 1, "maxAgents": 2},
+    # Docker-in-Docker: a privileged sidecar next to the agent.
+    {
+        "name": "kind-dind",
+        "mode": "dispatch",
+        "maxAgents": 1,
+        "buffer": 0,
+        "dind": True,
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 60},
+    },
     # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
     {
         "name": WEBHOOK_QUEUE,
@@ -117,7 +126,10 @@ def kind_stack(
     host_key = root / "git-host-key"
     host_key.write_bytes(keys.host_private)
     host_key.chmod(0o600)
-    overlay = kind.write_overlay(root / "overlay", keys, QUEUES)
+    dind = {
+        "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
+    }
+    overlay = kind.write_overlay(root / "overlay", keys, QUEUES, extra={"dind": dind})
     started = time.monotonic()
     kind.apply_stack(kind_cluster, overlay, host_key, extra_queues=[BAD_HOSTS_QUEUE])
     print(f"\nstack applied with the sandbox in {time.monotonic() - started:.1f}s")

@@ -224,3 +224,31 @@ def test_a_signed_webhook_from_the_fake_starts_the_job_before_the_next_poll(
         f"/api/v1/namespaces/{stack.namespace}/services/stackgen-dispatcher:8080/proxy/metrics",
     ).stdout
     assert 'stackgen_webhooks_total{result="accepted"} 1.0' in metrics
+
+
+def test_dind_queue_runs_docker_through_the_sidecar(kind_stack: KindStack) -> None:
+    stack = kind_stack
+    # An image built in the job from the agent's own static binary (no registry needed),
+    # then run by the sidecar's dockerd.
+    command = (
+        "set -e; mkdir -p /tmp/ctx; cp /usr/local/bin/buildkite-agent /tmp/ctx/; "
+        """printf 'FROM scratch\\nCOPY buildkite-agent /\\nENTRYPOINT ["/buildkite-agent"]\\n' """
+        "> /tmp/ctx/Dockerfile; "
+        "for i in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; "
+        "DOCKER_BUILDKIT=0 docker build -q -t kind-e2e/agent:1 /tmp/ctx; "
+        "docker run --rm kind-e2e/agent:1 --version"
+    )
+    job = run_job(stack, "kind-dind", command)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), job["log"]
+    assert "buildkite-agent version" in job["log"]
+    pod_prefix = job["agent_name"]
+
+    def pod_succeeded() -> bool:
+        pods = stack.cluster.items("pods", stack.namespace, "stackgen.io/queue=kind-dind")
+        return any(
+            p["metadata"]["name"] == pod_prefix and p["status"].get("phase") == "Succeeded"
+            for p in pods
+        )
+
+    # The sidecar stops with the agent, so the pod (and its Job) can complete.
+    wait_for(pod_succeeded, timeout=120, what="the dind pod to end Succeeded")
