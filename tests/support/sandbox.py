@@ -71,6 +71,19 @@ def _secret_value(docs: Sequence[Mapping[str, Any]], component: str, key: str) -
     return None
 
 
+#: What the example's and ``--skip-missing-secrets``' throwaway tokens contain.
+PLACEHOLDER_MARKS = ("not_a_real_token", "placeholder-token", "REPLACE-ME")
+
+
+def placeholder_token(docs: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the stack's agent token is a throwaway one (decoded in memory, never shown)."""
+    value = _secret_value(docs, "agent-token", "token")
+    if value is None:
+        return False
+    token = base64.b64decode(value).decode(errors="replace")
+    return any(mark in token for mark in PLACEHOLDER_MARKS)
+
+
 def queues(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The stack's queue names, in order (from its agent workloads' annotations)."""
     names: list[str] = []
@@ -323,10 +336,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--queue", action="append", default=[], help="one more queue (repeatable)")
     sub.add_parser("endpoint", help="print the agent API endpoint of the sandbox")
+    p = sub.add_parser("placeholder", help="exit 0 when the stack's token is a placeholder")
+    p.add_argument("stack", type=Path)
     args = parser.parse_args(argv)
     if args.action == "endpoint":
         print(ENDPOINT)
         return 0
+    if args.action == "placeholder":
+        docs = [d for d in yaml.safe_load_all(args.stack.read_text(encoding="utf-8")) if d]
+        return 0 if placeholder_token(docs) else 1
     try:
         docs = [d for d in yaml.safe_load_all(args.stack.read_text(encoding="utf-8")) if d]
         objects = manifests(

@@ -205,3 +205,25 @@ def test_bin_sandbox_runs_the_ctl_in_the_fakes_pod(tmp_path: Path) -> None:
         proc.stderr
         == "bin/sandbox: cluster stackgen-demo runs no sandbox (bin/up --sandbox starts one)\n"
     )
+
+
+def test_placeholder_tokens_are_recognised_without_being_shown(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    assert sandbox.placeholder_token(example_docs)
+    real = [dict(d) for d in example_docs]
+    for doc in real:
+        labels = doc.get("metadata", {}).get("labels") or {}
+        if doc["kind"] == "Secret" and labels.get("app.kubernetes.io/component") == "agent-token":
+            doc["data"] = {"token": base64.b64encode(b"bkct_0123456789abcdef").decode()}
+    assert not sandbox.placeholder_token(real)
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(yaml.safe_dump_all(example_docs))
+    proc = subprocess.run(
+        [".venv/bin/python", "-m", "tests.support.sandbox", "placeholder", str(stack)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
