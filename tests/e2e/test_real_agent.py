@@ -9,14 +9,17 @@ exit status, the decoded log) is what Buildkite would show:
   their output; the environment hook's output is in the log; the registration token
   (the agent's own env) is nowhere in a job's log, even one that prints its whole env;
 - a plugin given as ``BUILDKITE_PLUGINS`` JSON (a local git repository) runs its hook;
+- a job with a repository is checked out; the commit and the command's own meta-data
+  reach the fake;
 - ``--acquire-job UUID`` runs exactly that job (registered with the job-acquisition token
-  the Stacks API issued, as exact mode does); a second acquire of it exits 27, the code
-  the agent documents for a rejected acquisition;
+  the Stacks API issued, as exact mode does); another acquire of it, while it runs or
+  after it finished, exits 27, the code the agent documents for a rejected acquisition;
 - cancelling a running ``sleep`` stops it: the agent sees ``canceling`` and finishes the
   job, which ends ``canceled``;
 - the fake as its own process, driven by ``python -m tests.support.fake_buildkite.ctl``
   (``enqueue --wait`` prints the log and exits with the job's status), with a long-lived
-  agent taking job after job.
+  agent taking job after job;
+- injected server errors on log chunks and finish are retried by the agent.
 
 Without the agent binary (``bin/setup buildkite-agent``) the tests skip, or fail under
 ``STACKGEN_E2E_REQUIRED=1``.  Every agent process is stopped by its PID at the end; the
@@ -40,6 +43,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_buildkite import FakeBuildkite, FakeJob, http_request
+from tests.support.fake_buildkite.ctl import FakeControl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT = REPO_ROOT / ".tools" / "bin" / "buildkite-agent"
@@ -235,6 +239,39 @@ def test_a_plugin_from_buildkite_plugins_json_runs(fake: FakeBuildkite, agents: 
     assert "plugin says hola" in log and "command-ran" in log
 
 
+def test_a_checkout_records_its_commit_and_jobs_use_meta_data(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    """BUILDKITE_REPO set: the agent clones it and records the commit (meta-data)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = agents.root / "repo"
+    repo.mkdir()
+    (repo / "hello.txt").write_text("checked-out-content\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=e2e", "-c", "user.email=e2e@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+    command = (
+        "cat hello.txt; buildkite-agent meta-data set greeting hola; "
+        'echo "read back: $(buildkite-agent meta-data get greeting)"'
+    )
+    uuid = fake.enqueue("default", command, repository=str(repo))
+    index = agents.start("--disconnect-after-job")
+    job = ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    log = fake.job_log(uuid, plain=True)
+    assert job.exit_status == 0, log
+    assert "checked-out-content" in log and "read back: hola" in log
+    data = fake.meta_data(uuid)
+    assert data["greeting"] == "hola"
+    assert data["buildkite:git:commit"].startswith(f"commit {head}")
+
+
 def _acquisition_token(fake: FakeBuildkite, uuid: str) -> str:
     """Reserve the job and get its job-acquisition token through the Stacks API."""
 
@@ -262,23 +299,28 @@ def test_acquire_job_runs_exactly_that_job_and_a_second_acquire_exits_27(
     fake: FakeBuildkite, agents: Agents
 ) -> None:
     older = fake.enqueue("exact", "echo should-not-run")
-    wanted = fake.enqueue("exact", "echo acquired-job-ran")
+    wanted = fake.enqueue("exact", "echo acquired-job-ran; sleep 2")
     token = _acquisition_token(fake, wanted)
 
     first = agents.start("--acquire-job", wanted, token=token, queue="exact")
+    wait_until("the acquired job to run", lambda: fake.job(wanted).state == "running")
+    # A duplicate agent while the first runs it (422: already acquired) ...
+    duplicate = agents.start("--acquire-job", wanted, queue="exact")
+    assert agents.wait(duplicate) == ACQUISITION_REJECTED, agents.log(duplicate)
     job = ended(fake, wanted, agents)
     assert agents.wait(first) == 0, agents.log(first)
     assert (job.state, job.exit_status) == ("finished", 0)
     assert "acquired-job-ran" in fake.job_log(wanted)
     assert token not in fake.job_log(wanted)
     assert fake.job(older).state == "scheduled"  # exactly that job, nothing else
-    (agent,) = fake.agents()
-    assert agent["bound_job"] == wanted and agent["ignore_in_dispatches"] is True
-    assert agent["jobs"] == [wanted]
+    first_agent = next(a for a in fake.agents() if a["name"] == "e2e-0")
+    assert first_agent["bound_job"] == wanted and first_agent["ignore_in_dispatches"] is True
+    assert first_agent["jobs"] == [wanted] and job.agent_uuid == first_agent["uuid"]
 
-    again = agents.start("--acquire-job", wanted, queue="exact")
-    assert agents.wait(again) == ACQUISITION_REJECTED, agents.log(again)
-    assert fake.job(wanted).agent_uuid == agent["uuid"]  # still the first agent's job
+    # ... and one after it finished (422: finished) exit 27 too.
+    late = agents.start("--acquire-job", wanted, queue="exact")
+    assert agents.wait(late) == ACQUISITION_REJECTED, agents.log(late)
+    assert fake.job(wanted).agent_uuid == first_agent["uuid"]  # still the first agent's job
 
 
 def test_cancel_stops_a_running_sleep_job(fake: FakeBuildkite, agents: Agents) -> None:
@@ -351,9 +393,30 @@ def test_ctl_drives_a_standalone_fake_and_a_long_lived_agent(agents: Agents) -> 
         assert " e2e-0 default connected" in listed.stdout
         jobs = ctl("jobs").stdout.splitlines()
         assert len(jobs) == 2 and all("agent=e2e-0" in line for line in jobs), jobs
+        # Told to disconnect at its next ping, the agent exits by itself.
+        FakeControl(url).disconnect_agent(listed.stdout.split()[0])
+        assert standalone.wait(0, timeout=30) == 0, standalone.log(0)
+        assert " e2e-0 default disconnected" in ctl("agents").stdout
     finally:
         if standalone is not None:
             standalone.stop_all()
         fake_proc.send_signal(signal.SIGTERM)
         out, err = fake_proc.communicate(timeout=10)
     assert TOKEN not in out + err
+
+
+def test_the_agent_retries_through_server_errors_on_chunks_and_finish(
+    fake: FakeBuildkite, agents: Agents
+) -> None:
+    """Injected 500s (the fake's fault injection reaches the agent API's routes too)."""
+    uuid = fake.enqueue("default", "echo survived-faults; exit 5")
+    fake.inject("agent_chunks", "500", times=2)
+    fake.inject("agent_finish", "503", times=1)
+    index = agents.start("--disconnect-after-job")
+    job = ended(fake, uuid, agents)
+    assert agents.wait(index) == 0
+    assert (job.state, job.exit_status) == ("finished", 5)
+    assert "survived-faults" in fake.job_log(uuid)
+    assert fake.pending_faults == []
+    statuses = [r.status for r in fake.requests if r.route == "agent_finish"]
+    assert statuses == [503, 200]

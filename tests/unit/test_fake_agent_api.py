@@ -16,13 +16,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stackgen.dispatcher import webhook
 from tests.support.fake_buildkite import FakeBuildkite, HttpResponse, VirtualClock, http_request
 from tests.support.fake_buildkite.ctl import FakeControl, FakeControlError
 from tests.support.fake_buildkite.ctl import main as ctl_main
@@ -138,7 +141,8 @@ def test_register_hands_out_an_access_token_the_registration_token_cannot_replac
     assert access != TOKEN
 
     assert call(fake, "POST", "/register", "bkct_wrong-0123456789", {}).status == 401
-    assert call(fake, "GET", "/ping", TOKEN).status == 401  # pings need the agent's own token
+    refused = call(fake, "GET", "/ping", TOKEN)  # pings need the agent's own token
+    assert refused.status == 401 and TOKEN not in refused.body.decode()
     assert call(fake, "POST", "/connect", access).status == 200
     assert call(fake, "GET", "/ping", access).status == 200
     beat = call(fake, "POST", "/heartbeat", access, {"sent_at": "2024-01-01T00:00:00Z"})
@@ -260,7 +264,7 @@ def test_plain_logs_drop_the_agents_timestamps_and_colours(fake: FakeBuildkite) 
     access = register(fake)
     assert ping_job(fake, access) == uuid
     token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
-    raw = "\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n".encode()
+    raw = b"\x1b_bk;t=1700000000123\x07~~~ Running\n\x1b[90m$\x1b[0m make\n"
     assert chunk(fake, uuid, token, 1, 0, raw).status == 201
     assert fake.job_log(uuid) == raw.decode()
     assert fake.job_log(uuid, plain=True) == "~~~ Running\n$ make\n"
@@ -300,6 +304,16 @@ def test_an_offered_job_goes_back_when_its_agent_disconnects_without_accepting(
     assert call(fake, "POST", "/disconnect", gone).status == 200
     assert fake.job(uuid).state == "scheduled"
     assert ping_job(fake, other) == uuid
+
+
+def test_an_agent_told_to_disconnect_hears_it_at_its_next_ping(fake: FakeBuildkite) -> None:
+    access = register(fake)
+    fake.enqueue("default", "x")
+    (agent,) = fake.agents()
+    FakeControl(fake.url).disconnect_agent(agent["uuid"])
+    assert call(fake, "GET", "/ping", access).json() == {"action": "disconnect"}
+    with pytest.raises(FakeControlError, match="404"):
+        FakeControl(fake.url).disconnect_agent("no-such-agent")
 
 
 # --------------------------------------------------------------------------- acquire
@@ -356,6 +370,38 @@ def test_exact_mode_stacks_api_reservation_and_agent_acquire_share_one_job_state
     assert stack_state() == "finished" and fake.job(uuid).exit_status == 1
     listed = call(fake, "GET", "/stacks/stack-a/scheduled-jobs?queue_key=default", TOKEN)
     assert [j["id"] for j in listed.json()["jobs"]] == [other]
+
+
+# --------------------------------------------------------------------------- meta-data
+
+
+def test_meta_data_is_the_builds_and_needs_a_job_or_agent_token(fake: FakeBuildkite) -> None:
+    uuid = fake.enqueue("default", "x")
+    sibling = fake.add_job("default", build_uuid=fake.job(uuid).build_uuid, command="y")
+    stranger = fake.enqueue("default", "z")
+    access = register(fake)
+    assert ping_job(fake, access) == uuid
+    token = call(fake, "PUT", f"/jobs/{uuid}/accept", access).json()["token"]
+    build = fake.job(uuid).build_uuid
+
+    def data(scope: str, id_: str, action: str, body: Any = None, tok: str = token) -> Any:
+        return call(fake, "POST", f"/{scope}/{id_}/data/{action}", tok, body)
+
+    assert data("jobs", uuid, "exists", {"key": "k"}).json() == {"exists": False}
+    assert data("jobs", uuid, "get", {"key": "k"}).status == 404
+    assert data("jobs", uuid, "set", {"key": "k", "value": "v1"}).status == 200
+    batch = {"items": [{"key": "a", "value": "1"}, {"key": "b", "value": "2"}]}
+    assert data("jobs", uuid, "set-batch", batch).status == 200
+    assert data("jobs", uuid, "set", {"key": "k", "value": ""}).status == 422
+    assert data("jobs", uuid, "get", {"key": "k"}).json() == {"key": "k", "value": "v1"}
+    assert data("builds", build, "keys").json() == ["a", "b", "k"]
+    assert data("builds", build, "exists", {"key": "a"}).json() == {"exists": True}
+    assert data("jobs", uuid, "exists", {"key": "a"}, TOKEN).status == 401
+    assert data("jobs", stranger, "exists", {"key": "a"}).status == 401  # another build's job
+    assert data("jobs", sibling, "exists", {"key": "a"}, access).json() == {"exists": True}
+    assert fake.meta_data(sibling) == {"a": "1", "b": "2", "k": "v1"}
+    assert fake.meta_data(stranger) == {}
+    assert FakeControl(fake.url).meta_data(uuid) == {"a": "1", "b": "2", "k": "v1"}
 
 
 # --------------------------------------------------------------------------- cancel
@@ -445,6 +491,43 @@ def test_control_client_enqueue_plugins_cancel_and_unreachable(fake: FakeBuildki
     assert bk.log(uuid) == ""
     with pytest.raises(FakeControlError, match="cannot reach"):
         FakeControl("http://127.0.0.1:9", timeout=1).agents()
+
+
+def test_enqueue_announces_each_job_with_a_signed_webhook(clock: VirtualClock) -> None:
+    """Checked by the dispatcher's own verifier: what a sandbox's dispatcher will receive."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k: v for k, v in self.headers.items()}, body))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/webhook"
+    secret = "webhook-secret-0123456789"
+    try:
+        with FakeBuildkite(TOKEN, clock=clock, webhook_url=url, webhook_secret=secret) as bk:
+            uuid = bk.enqueue("builds", "make")
+            ((headers, body),) = received
+            webhook.verify(headers, body, secret, now=time.time(), max_age=300)
+            assert webhook.parse(headers, body).queues == ("builds",)
+            assert json.loads(body)["job"]["id"] == uuid
+            assert bk.webhook_deliveries == [{"job_uuid": uuid, "at": clock(), "status": 202}]
+            assert FakeControl(bk.url).webhooks()[0]["status"] == 202
+    finally:
+        server.shutdown()
+        server.server_close()
+    with FakeBuildkite(TOKEN, clock=clock, webhook_url=url, webhook_secret=secret) as bk:
+        down = bk.enqueue("builds", "make")  # nothing listens any more
+        assert bk.job(down).state == "scheduled"
+        assert bk.webhook_deliveries[0]["status"] is None
 
 
 # --------------------------------------------------------------------------- standalone

@@ -6,19 +6,29 @@ part of the API, each listing its routes (:mod:`.routes` collects them):
 * :mod:`.metrics`: ``GET /v3/metrics`` (and ``/metrics/queue``), ``GET /v3/token``;
 * :mod:`.stacks_api`: the Stacks API (register, scheduled jobs, reserve, finish,
   notifications, job-acquisition tokens) with its per-scope rate limits;
-* :mod:`.jobs_api`: the agent's ``PUT /v3/jobs/:id/acquire`` and ``GET /v3/jobs/:id``;
+* :mod:`.agent_api`: what a real ``buildkite-agent start`` calls (register, connect,
+  ping with job offers, heartbeat, disconnect);
+* :mod:`.jobs_api`: what an agent does with one job (acquire or accept, start, log
+  chunks, header times, finish, its state);
+* :mod:`.meta_data_api`: build meta-data (``buildkite-agent meta-data``, the checkout);
 
-around them :mod:`.state` (jobs, queues, stacks, clock, faults), :mod:`.control` (what a
-test drives it by, also over HTTP under ``/_fake/``), :mod:`.server` (HTTP on 127.0.0.1,
-in a daemon thread), :mod:`.webhooks` (what Buildkite pushes: ``job.scheduled`` webhooks,
-EventBridge events) and :mod:`.client` (a plain HTTP client)::
+around them :mod:`.state` (jobs, queues, stacks, agents, clock, faults), :mod:`.control`
+and :mod:`.agent_control` (what a test drives it by, also over HTTP under ``/_fake/``),
+:mod:`.server` (HTTP, 127.0.0.1 by default, in a daemon thread), :mod:`.webhooks` (what
+Buildkite pushes: ``job.scheduled`` webhooks, EventBridge events), :mod:`.client` (a plain
+HTTP client) and :mod:`.ctl` (a client and CLI of a running fake's control API)::
 
     with FakeBuildkite(token="t0k3n", clock=VirtualClock()) as bk:
         bk.add_jobs("default", 3)
         ...  # point the code under test at bk.endpoint
 
+    with FakeBuildkite(token="t0k3n") as bk:  # a real agent: --endpoint bk.endpoint
+        uuid = bk.enqueue("default", "make test")
+        job = bk.wait_for_job(uuid)  # job.exit_status, bk.job_log(uuid, plain=True)
+
 It also runs as a separate process: ``python -m tests.support.fake_buildkite --port 0
---token T`` prints the URL and serves until SIGTERM/SIGINT.
+--token-file F`` prints the URL and serves until SIGTERM/SIGINT (only the standard library
+is needed); ``python -m tests.support.fake_buildkite.ctl`` drives it.
 """
 
 from tests.support.fake_buildkite.client import HttpResponse, http_request

@@ -22,6 +22,18 @@ from types import FrameType
 from tests.support.fake_buildkite.server import FakeBuildkite
 
 
+def _secret(parser: argparse.ArgumentParser, option: str, path: str) -> str:
+    """A token read from a file (stripped); a usage error names the file, never the value."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read().strip()
+    except OSError as err:
+        parser.error(f"{option} {path}: {err.strerror}")
+    if not value:
+        parser.error(f"{option} {path}: the file is empty")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a fake until SIGTERM/SIGINT; print its URL (one line) on stdout first."""
     parser = argparse.ArgumentParser(
@@ -46,6 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--token-file", default=None, metavar="PATH", help="read the token from this file"
     )
+    parser.add_argument(
+        "--webhook-url",
+        default=None,
+        metavar="URL",
+        help="post a signed job.scheduled webhook here for every enqueued job",
+    )
+    parser.add_argument(
+        "--webhook-secret-file",
+        default=None,
+        metavar="PATH",
+        help="the webhook signing key (X-Buildkite-Signature; without it: unsigned)",
+    )
     parser.add_argument("--ping-interval", type=int, default=1, metavar="SECONDS")
     parser.add_argument("--job-status-interval", type=int, default=1, metavar="SECONDS")
     parser.add_argument("--heartbeat-interval", type=int, default=10, metavar="SECONDS")
@@ -62,13 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-rate-limits", action="store_true")
     args = parser.parse_args(argv)
     if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as handle:
-                args.token = handle.read().strip()
-        except OSError as err:
-            parser.error(f"--token-file {args.token_file}: {err.strerror}")
-        if not args.token:
-            parser.error(f"--token-file {args.token_file}: the file is empty")
+        args.token = _secret(parser, "--token-file", args.token_file)
+    webhook_secret = None
+    if args.webhook_secret_file:
+        webhook_secret = _secret(parser, "--webhook-secret-file", args.webhook_secret_file)
     if not args.token:
         parser.error("--token, --token-file or FAKE_BUILDKITE_TOKEN is required")
     for name in ("ping_interval", "job_status_interval", "heartbeat_interval"):
@@ -97,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ping_interval=args.ping_interval,
         job_status_interval=args.job_status_interval,
         heartbeat_interval=args.heartbeat_interval,
+        webhook_url=args.webhook_url,
+        webhook_secret=webhook_secret,
     )
     for spec in args.jobs:
         queue, sep, count = spec.partition("=")

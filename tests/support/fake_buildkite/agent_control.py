@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tests.support.fake_buildkite.state import FakeJob, State
+from tests.support.fake_buildkite.webhooks import send_webhook
 from tests.support.fake_buildkite.wire import (
     TERMINAL_STATES,
     ApiError,
@@ -65,7 +66,7 @@ class AgentControl(State):
             plugins = json.dumps(list(plugins), separators=(",", ":"))
         if repository:
             fields["repository"] = repository
-        return self.add_job(
+        uuid = self.add_job(
             queue,
             command=command,
             env=dict(env or {}),
@@ -73,6 +74,32 @@ class AgentControl(State):
             skip_checkout=not repository,
             **fields,
         )
+        if self.webhook_url:
+            self._announce(uuid, self.webhook_url)
+        return uuid
+
+    def _announce(self, uuid: str, url: str) -> None:
+        """Post a signed ``job.scheduled`` webhook for the job; record how it went."""
+        job = self.job(uuid)
+        try:
+            delivery = send_webhook(
+                url,
+                job=job,
+                hmac_key=self._webhook_secret,
+                mode="signature" if self._webhook_secret else "none",
+                organization_slug=self.organization_slug,
+            )
+            outcome: dict[str, Any] = {"status": delivery.status}
+        except Exception as err:  # unreachable receiver (urllib or httpx): scheduled anyway
+            outcome = {"status": None, "error": type(err).__name__}
+        with self._lock:
+            self._webhook_deliveries.append({"job_uuid": uuid, "at": self._clock(), **outcome})
+
+    @property
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """The ``job.scheduled`` webhooks :meth:`enqueue` sent: job, time, answer status."""
+        with self._lock:
+            return [dict(d) for d in self._webhook_deliveries]
 
     def job_log(self, uuid: str, *, plain: bool = False) -> str:
         """The job's log: the chunks its agent uploaded, in order, decoded (UTF-8).
@@ -84,6 +111,11 @@ class AgentControl(State):
             chunks = sorted(self._chunks.get(uuid, {}).values())
             text = b"".join(data for _, data in chunks).decode("utf-8", "replace")
         return plain_log(text) if plain else text
+
+    def meta_data(self, uuid: str) -> dict[str, str]:
+        """The meta-data of the job's build (what ``buildkite-agent meta-data set`` wrote)."""
+        with self._lock:
+            return dict(self._meta_data.get(self._get(uuid).build_uuid, {}))
 
     def cancel_job(self, uuid: str) -> str:
         """Cancel a job as Buildkite's UI would; returns its new state.
@@ -151,7 +183,9 @@ class AgentControl(State):
         ``POST /_fake/enqueue`` ``{"queue", "command", "env"?, "plugins"?, "repository"?,
         "label"?, "priority"?}`` -> 201 ``{"uuid"}``; ``GET /_fake/jobs/<uuid>/log[?plain=1]``
         -> ``{"uuid", "state", "exit_status", "log"}``; ``POST /_fake/jobs/<uuid>/cancel`` ->
-        ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/agents`` -> ``{"agents"}``;
+        ``{"uuid", "state"}`` (409 once it ended); ``GET /_fake/jobs/<uuid>/meta-data`` ->
+        ``{"meta_data"}`` (its build's); ``GET /_fake/webhooks`` -> ``{"webhooks"}`` (what
+        enqueue sent); ``GET /_fake/agents`` -> ``{"agents"}``;
         ``POST /_fake/agents/<uuid>/disconnect``.
         """
         if method == "POST" and path == ["enqueue"]:
@@ -165,6 +199,8 @@ class AgentControl(State):
                 **extra,
             )
             return json_response(201, {"uuid": uuid})
+        if method == "GET" and path == ["webhooks"]:
+            return json_response(200, {"webhooks": self.webhook_deliveries})
         if method == "GET" and path == ["agents"]:
             return json_response(200, {"agents": self.agents()})
         if method == "POST" and len(path) == 3 and path[0] == "agents" and path[2] == "disconnect":
@@ -173,7 +209,7 @@ class AgentControl(State):
             except KeyError as err:
                 raise ApiError(404, "Agent not found") from err
             return json_response(200, {})
-        if len(path) == 3 and path[0] == "jobs" and path[2] in ("log", "cancel"):
+        if len(path) == 3 and path[0] == "jobs" and path[2] in ("log", "cancel", "meta-data"):
             with self._lock:
                 if path[1] not in self._jobs:
                     raise ApiError(404, "Job not found")
@@ -188,6 +224,8 @@ class AgentControl(State):
                         "log": self.job_log(job.uuid, plain=plain),
                     },
                 )
+            if method == "GET" and path[2] == "meta-data":
+                return json_response(200, {"meta_data": self.meta_data(path[1])})
             if method == "POST" and path[2] == "cancel":
                 try:
                     state = self.cancel_job(path[1])

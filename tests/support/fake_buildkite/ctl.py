@@ -114,6 +114,14 @@ class FakeControl:
         query = "?plain=1" if plain else ""
         return str(self._call("GET", f"jobs/{quote(uuid)}/log{query}")["log"])
 
+    def meta_data(self, uuid: str) -> dict[str, str]:
+        """The meta-data of the job's build."""
+        return dict(self._call("GET", f"jobs/{quote(uuid)}/meta-data")["meta_data"])
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The ``job.scheduled`` webhooks enqueue sent (job, time, answer status)."""
+        return list(self._call("GET", "webhooks")["webhooks"])
+
     def cancel(self, uuid: str) -> str:
         """Cancel the job; returns its new state (``canceling`` while its agent stops it)."""
         return str(self._call("POST", f"jobs/{quote(uuid)}/cancel")["state"])
@@ -121,6 +129,10 @@ class FakeControl:
     def agents(self) -> list[dict[str, Any]]:
         """The agents that registered (no tokens)."""
         return list(self._call("GET", "agents")["agents"])
+
+    def disconnect_agent(self, uuid: str) -> None:
+        """Tell the agent (by its UUID) to disconnect at its next ping."""
+        self._call("POST", f"agents/{quote(uuid)}/disconnect")
 
     def wait(self, uuid: str, timeout: float = 300.0, poll: float = 0.25) -> dict[str, Any]:
         """Wait until the job ended (finished, canceled, …); returns it.

@@ -1,8 +1,8 @@
 """The route table: every API module of the fake lists its endpoints here.
 
-Each module (``metrics``, ``stacks_api``, ``agent_api``, ``jobs_api``) ends with
-``ROUTES``, a tuple of :class:`~.wire.Route` (method, path under ``/v3``, name,
-rate-limit scope, handler).
+Each module (``metrics``, ``stacks_api``, ``agent_api``, ``jobs_api``,
+``meta_data_api``) ends with ``ROUTES``, a tuple of :class:`~.wire.Route` (method, path
+under ``/v3``, name, rate-limit scope, handler).
 Serving a new part of Buildkite's API is one module with its ``ROUTES`` and one line in
 :data:`API_MODULES`.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from tests.support.fake_buildkite import agent_api, jobs_api, metrics, stacks_api
+from tests.support.fake_buildkite import agent_api, jobs_api, meta_data_api, metrics, stacks_api
 from tests.support.fake_buildkite.wire import Route
 
 #: The API modules the fake serves, in matching order.
-API_MODULES: Final = (metrics, stacks_api, agent_api, jobs_api)
+API_MODULES: Final = (metrics, stacks_api, agent_api, jobs_api, meta_data_api)
 
 ROUTES: Final[tuple[Route, ...]] = tuple(r for module in API_MODULES for r in module.ROUTES)
 #: Route names, for ``FakeBuildkite.inject(target=...)``.

@@ -247,6 +247,8 @@ class FakeBuildkite(Control):
             return
         if route.also_accepts is not None and route.also_accepts(self, presented, params, now):
             return
+        if not route.token_ok:  # an agent's own calls: its access token or a job token
+            raise ApiError(401, "The access token you provided is not valid for this request.")
         raise ApiError(401, invalid_token_message(presented))
 
     def _rate_headers(self, key: str, scope: str | None, now: float) -> dict[str, str]:

@@ -217,6 +217,8 @@ class State:
         ping_interval: int = 1,
         job_status_interval: int = 1,
         heartbeat_interval: int = 10,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         """Create a stopped fake.
 
@@ -241,6 +243,9 @@ class State:
             ping_interval: seconds between an agent's pings (register's ``ping_interval``).
             job_status_interval: seconds between a running job's state checks (cancel).
             heartbeat_interval: seconds between an agent's heartbeats.
+            webhook_url: where :meth:`~.agent_control.AgentControl.enqueue` posts a
+                ``job.scheduled`` webhook for each job (None: no webhooks).
+            webhook_secret: the key that signs those webhooks (``X-Buildkite-Signature``).
         """
         self._token = token
         self.organization_slug = organization_slug
@@ -262,6 +267,9 @@ class State:
         self.ping_interval = ping_interval
         self.job_status_interval = job_status_interval
         self.heartbeat_interval = heartbeat_interval
+        self.webhook_url = webhook_url
+        self._webhook_secret = webhook_secret
+        self._webhook_deliveries: list[dict[str, Any]] = []
 
         self._lock = threading.RLock()
         self._jobs: dict[str, FakeJob] = {}
@@ -280,6 +288,7 @@ class State:
         self._agent_tokens: dict[str, str] = {}  # access token -> agent UUID
         self._job_tokens: dict[str, str] = {}  # job token -> job UUID
         self._chunks: dict[str, dict[int, tuple[int, bytes]]] = {}  # job -> seq -> (offset, data)
+        self._meta_data: dict[str, dict[str, str]] = {}  # build UUID -> key -> value
         for q in queues:
             self.add_queue(q)
         self.add_queue(default_queue)
