@@ -62,7 +62,7 @@ def test_a_wrong_known_hosts_fails_the_checkout(rig: AgentRig, tmp_path: Path) -
     job = rig.job(uuid)
     assert job["exit_status"] not in (0, None), job["log"]
     assert "Host key verification failed" in job["log"]
-    assert "cloned-anyway" not in job["log"].split("Running commands")[-1].split("\n", 2)[-1]
+    assert "cloned-anyway" not in job["log"].splitlines()
 
 
 def test_a_long_lived_agent_keeps_no_ssh_agent_and_a_wrong_password_is_refused(
