@@ -234,11 +234,43 @@ def write_overlay(
             "replicas": 1,
             "webhook": {"enabled": True, "token": {"file": "secrets/webhook-token"}},
         },
-        "metricsAdapter": {"tls": {"insecureSkipTLSVerify": True}},
+        "metricsAdapter": {"tls": adapter_tls(dest, namespace)},
         **(extra or {}),
     }
     (dest / "stack.yaml").write_text(yaml.safe_dump(stack, sort_keys=False))
     return dest
+
+
+def adapter_tls(dest: Path, namespace: str) -> dict[str, str]:
+    """A CA and the metrics adapter's serving certificate (its Service names), as files.
+
+    The API aggregator proxies to the adapter only with a CA bundle: with
+    ``insecureSkipTLSVerify`` kube-apiserver v1.33 marks the APIService Available but answers
+    404 for every request under it (no proxy transport).
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from tests.support import pki
+
+    folder = dest / "secrets" / "metrics-adapter"
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = pki.make_ca(f"kind e2e metrics adapter CA ({namespace})")
+    service = "stackgen-metrics-adapter"
+    names = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc"]
+    leaf = pki.make_leaf(
+        ca,
+        f"{service}.{namespace}.svc",
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[x509.DNSName(n) for n in names],
+    )
+    (folder / "ca.crt").write_text(ca.pem)
+    leaf.write(folder, "tls")
+    return {
+        "caFile": "secrets/metrics-adapter/ca.crt",
+        "certFile": "secrets/metrics-adapter/tls.crt",
+        "keyFile": "secrets/metrics-adapter/tls.key",
+    }
 
 
 # ---------------------------------------------------------------------------- the fake

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import shutil
 import sys
@@ -237,7 +238,12 @@ def fake_objects(
         "type": "Opaque",
         "data": {"token": token},
     }
-    return [secret, _deployment(FAKE, pod), _service(FAKE, {"http": FAKE_PORT})]
+    deployment = _deployment(FAKE, pod)
+    # A new token must restart the fake (it reads the token at start): a short digest of it
+    # in the pod template rolls the Deployment when, and only when, the token changes.
+    digest = hashlib.sha256(token.encode()).hexdigest()[:16]
+    deployment["spec"]["template"]["metadata"]["annotations"] = {"stackgen.io/token-digest": digest}
+    return [secret, deployment, _service(FAKE, {"http": FAKE_PORT})]
 
 
 def git_objects(

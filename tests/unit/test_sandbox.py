@@ -227,3 +227,21 @@ def test_placeholder_tokens_are_recognised_without_being_shown(
         check=False,
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_a_new_token_rolls_the_fake_and_the_same_token_does_not(
+    example_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    def template(docs: list[dict[str, Any]]) -> Any:
+        objects = sandbox.manifests(docs, fake_image="F", git_image="G", state_dir=tmp_path)
+        return by_kind(objects, "Deployment", "fake-buildkite")["spec"]["template"]
+
+    first = template(example_docs)
+    assert template(example_docs) == first
+    other = [dict(d) for d in example_docs]
+    for doc in other:
+        labels = doc.get("metadata", {}).get("labels") or {}
+        if doc["kind"] == "Secret" and labels.get("app.kubernetes.io/component") == "agent-token":
+            doc["data"] = {"token": base64.b64encode(b"bkct_another_token").decode()}
+    assert template(other) != first
+    assert "bkct_another_token" not in yaml.safe_dump(template(other))
