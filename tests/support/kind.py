@@ -244,9 +244,9 @@ def write_overlay(
 def adapter_tls(dest: Path, namespace: str) -> dict[str, str]:
     """A CA and the metrics adapter's serving certificate (its Service names), as files.
 
-    The API aggregator proxies to the adapter only with a CA bundle: with
-    ``insecureSkipTLSVerify`` kube-apiserver v1.33 marks the APIService Available but answers
-    404 for every request under it (no proxy transport).
+    Seen on the kind cluster here: with ``insecureSkipTLSVerify`` the APIService turned
+    Available but kube-apiserver answered every request under it with an empty 404 (its proxy
+    had no transport; not investigated further), while with this CA bundle it proxies.
     """
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID
