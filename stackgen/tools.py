@@ -14,9 +14,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -96,13 +97,14 @@ _warming: list[threading.Thread] = []
 
 
 def warm_up(*names: str) -> None:
-    """Locate and version-check these tools (``kustomize``, ``kubeconform``) in the background.
+    """Locate and check these tools (``kustomize``, ``kubeconform``, ``unshare``) in the background.
 
     A failure is not reported here: the next :func:`kustomize` or :func:`kubeconform`
     call finds it again and raises it.
     """
-    finders: dict[str, Callable[[], Tool]] = {
+    finders: dict[str, Callable[[], object]] = {
         "kustomize": _find_kustomize,
+        "unshare": network_namespace,
         "kubeconform": _find_kubeconform,
     }
     for name in names:
@@ -113,7 +115,7 @@ def warm_up(*names: str) -> None:
         _warming.append(thread)
 
 
-def _quietly(finder: Callable[[], Tool]) -> None:
+def _quietly(finder: Callable[[], object]) -> None:
     # A failure is raised again by the caller's own lookup.
     with contextlib.suppress(Exception):
         finder()
@@ -219,6 +221,7 @@ class Running:
         cwd: Path | None,
         timeout: float,
         open_stdin: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.tool = tool
         self._argv = [*tool.argv, *args]
@@ -230,6 +233,9 @@ class Running:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
+                env=env,
+                # Its own process group: cancel() stops whatever the tool started too.
+                process_group=0,
             )
         except OSError as exc:
             raise ToolError(f"cannot run {tool.name}: {exc.strerror}") from exc
@@ -237,7 +243,11 @@ class Running:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if not open_stdin:
-            self.finish(stdin)
+            try:
+                self.finish(stdin)
+            except BaseException:  # a signal before anyone holds this: stop the tool now
+                self.cancel()
+                raise
 
     def write(self, data: bytes) -> None:
         """Send input now (small amounts: the tool's output is read only after finish)."""
@@ -278,13 +288,15 @@ class Running:
         return self._result
 
     def cancel(self) -> None:
-        """Stop the tool (its result is not wanted any more)."""
+        """Stop the tool and what it started (its result is not wanted any more)."""
         if self._proc.poll() is None:
-            self._proc.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=10)
         else:
-            self._proc.communicate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.communicate(timeout=10)
 
 
 def start(
@@ -295,49 +307,149 @@ def start(
     cwd: Path | None = None,
     timeout: float = 300,
     open_stdin: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Running:
     """Start a tool in the background (see :func:`run` and :class:`Running`)."""
-    return Running(tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin)
+    return Running(
+        tool, args, stdin=stdin, cwd=cwd, timeout=timeout, open_stdin=open_stdin, env=env
+    )
 
 
 # ------------------------------------------------------------------------- kustomize build
 
 
+#: Where kustomize's HTTP client and git would connect: the discard port on loopback,
+#: which nothing serves, so a fetch fails at once instead of reaching the network.
+_NOWHERE = "http://127.0.0.1:9"
+
+
+def offline_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) for a tool that must stay offline.
+
+    Every proxy variable points at a closed local port (Go's HTTP client and git honour
+    them); git may use only the ``file`` protocol, never prompts, and reads no system or
+    global configuration (no ``insteadOf`` rewriting a path into a URL); ssh is ``false``.
+    """
+    env = dict(os.environ if base is None else base)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY"):
+        env[name] = env[name.lower()] = _NOWHERE
+    env["NO_PROXY"] = env["no_proxy"] = ""
+    env.update(
+        GIT_ALLOW_PROTOCOL="file",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_SSH_COMMAND="false",
+        GIT_ASKPASS="true",
+    )
+    return env
+
+
+@cache
+def network_namespace() -> tuple[str, ...]:
+    """``unshare --net --map-root-user --`` when this machine allows it, else nothing.
+
+    That is an empty network namespace (most machines allow one; many containers do not).
+    Go's HTTP client never sends loopback addresses to a proxy: only a namespace keeps
+    kustomize from 127.0.0.1 too.  ``STACKGEN_NO_NETNS=1`` turns it off.
+    """
+    path = shutil.which("unshare")
+    if path is None or os.environ.get("STACKGEN_NO_NETNS"):
+        return ()
+    argv = (path, "--net", "--map-root-user")
+    try:
+        subprocess.run([*argv, "true"], capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (*argv, "--")
+
+
 def start_kustomize(root: Path) -> Running:
-    """Start ``kustomize build`` of one folder in the background."""
+    """Start ``kustomize build`` of one folder in the background, cut off from the network.
+
+    The build refuses remote references before this runs
+    (:mod:`stackgen.stack.references`); should one slip through, kustomize runs in an
+    :func:`offline_environment`, and in a :func:`network_namespace` of its own (no network
+    at all, not even loopback) where the machine allows one.
+    """
     tool = kustomize()
     if tool.notice:
         notice(tool.notice)
-    return start(tool, ["--load-restrictor", "LoadRestrictionsRootOnly", str(root)])
+    prefix = network_namespace()
+    if prefix:
+        tool = Tool(tool.name, (*prefix, *tool.argv), tool.version)
+    return start(
+        tool,
+        ["--load-restrictor", "LoadRestrictionsRootOnly", str(root.absolute())],
+        env=offline_environment(),
+    )
 
 
 def finish_kustomize(
-    running: Running, root: Path, file: str, *, stack_overlay: Path | None = None
+    running: Running,
+    root: Path,
+    file: str,
+    *,
+    stack_overlay: Path | None = None,
+    warnings: list[str] | None = None,
 ) -> bytes:
     """Wait for :func:`start_kustomize`; its failures become one-line BuildErrors.
 
     ``stack_overlay``: the overlay a composed tree copied (``root/stack/overlay``), so the
-    messages name the user's files, not the temporary tree's.
+    messages name the user's files, not the temporary tree's.  ``warnings`` receives
+    kustomize's own warnings of a build that succeeded (deprecated fields: ``commonLabels``,
+    ``bases``, ``patchesStrategicMerge``, …), one line each, as ``kustomize: …``.
     """
     proc = running.wait()
+    text = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace")
         raise BuildError(_kustomize_problems(text, root, file, stack_overlay))
+    if warnings is not None:
+        warnings += kustomize_warnings(text, root, stack_overlay)
     return proc.stdout
+
+
+def kustomize_warnings(text: str, root: Path, overlay: Path | None = None) -> list[str]:
+    """The ``# Warning: …`` lines kustomize printed (nothing else it printed), each said once."""
+    found: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip().removeprefix("#").strip()
+        if line.lower().startswith("warning:"):
+            message = f"kustomize: {_real_paths(line[8:].strip(), root, overlay)}"
+            if message not in found:
+                found.append(message)
+    return found
+
+
+def _real_paths(line: str, root: Path, overlay: Path | None) -> str:
+    """Map the absolute paths kustomize prints back to the user's files.
+
+    A composed tree's copy of the overlay becomes the overlay, the rest of the tree paths
+    inside it.  Only whole absolute paths are replaced, never a short name inside a word.
+    """
+    for absolute in {str(root.absolute()), str(root.resolve())}:
+        if overlay is None:
+            line = _replace_path(line, absolute, display_path(root))
+            continue
+        line = _replace_path(line, f"{absolute}/stack/overlay", display_path(overlay))
+        line = _replace_path(line.replace(f"{absolute}/", ""), absolute, ".")
+    return line
 
 
 def _kustomize_problems(text: str, root: Path, file: str, overlay: Path | None) -> list[Problem]:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # kustomize prints "Error: <chain of causes>"; keep the error lines, not usage text.
     errors = [ln.removeprefix("Error: ") for ln in lines if ln.startswith("Error:")] or lines[-1:]
-    problems = []
-    for line in errors:
-        # Map temp-tree paths back to the user's overlay so the message names real files.
-        if overlay is not None:
-            line = line.replace(str(root / "stack" / "overlay"), display_path(overlay))
-        line = line.replace(str(root) + "/", "").replace(str(root), ".")
-        problems.append(Problem(file, "", f"kustomize: {line}"))
+    problems = [
+        Problem(file, "", f"kustomize: {_real_paths(line, root, overlay)}") for line in errors
+    ]
     return problems or [Problem(file, "", "kustomize failed without a message")]
+
+
+def _replace_path(line: str, absolute: str, shown: str) -> str:
+    """Replace the path ``absolute`` (and paths below it) by ``shown`` in ``line``."""
+    pattern = re.compile(re.escape(absolute) + r"(?![^/\s'\"\]:,)])")
+    return pattern.sub(lambda _: shown, line)
 
 
 def kubectl_json(kubectl: Tool, *args: str, timeout: float = 60) -> Any | None:

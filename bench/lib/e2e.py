@@ -35,6 +35,8 @@ from bench.lib.common import percentile
 ROOT = Path(__file__).resolve().parents[2]
 #: tests/support/kwok-stages.yaml completes an agent pod once this annotation is set.
 EXIT_ANNOTATION = "stackgen.io/agent-exit"
+#: The user agent of the harness's Kubernetes client (bench/lib/audit.py leaves it out).
+HARNESS_AGENT = "stackgen-bench-harness"
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -244,6 +246,9 @@ class Watcher:
 
         self.k8s = kubernetes
         self.api_client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        # Named, so that an audit log tells the harness's writes (exit annotations) from the
+        # controller's under test, which may use the same client library (bench/lib/audit.py).
+        self.api_client.user_agent = HARNESS_AGENT
         self.core = kubernetes.client.CoreV1Api(self.api_client)
         self.batch = kubernetes.client.BatchV1Api(self.api_client)
         self.namespace = namespace

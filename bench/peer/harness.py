@@ -45,16 +45,18 @@ from bench.lib.e2e import (  # noqa: E402
     Watcher,
     fake_url_from,
     http,
-    kubectl,
     namespace,
     summary,
     wait_until,
 )
-
-UUID_LABEL = "buildkite.com/job-uuid"  # set by agent-stack-k8s on its Jobs and pods
-TOKEN_KEY = "BUILDKITE_AGENT_TOKEN"
-SECRET_NAME = "buildkite-agent-token"
-
+from bench.lib.peer import (  # noqa: E402
+    UUID_LABEL,
+    create_token_secret,
+    fake_requests,
+    start_controller,
+    tail,
+    wait_polling,
+)
 
 # --------------------------------------------------------------------------- trace
 
@@ -206,23 +208,7 @@ def _run(
     opts: Options, trace: list[Burst], token: str, procs: Processes, ns: str
 ) -> dict[str, Any]:
     kc = opts.kubeconfig
-    # The token Secret, and the default ServiceAccount the Job pods need (made by the
-    # controller-manager shortly after the namespace).
-    kubectl(
-        kc,
-        "-n",
-        ns,
-        "create",
-        "secret",
-        "generic",
-        SECRET_NAME,
-        f"--from-literal={TOKEN_KEY}={token}",
-    )
-    wait_until(
-        lambda: kubectl(kc, "-n", ns, "get", "serviceaccount", "default", check=False),
-        30,
-        "the namespace's default ServiceAccount",
-    )
+    create_token_secret(kc, ns, token)
 
     fake_log = (opts.out / "fake.log").open("w")
     fake = procs.start(
@@ -247,50 +233,26 @@ def _run(
     fake_url = fake_url_from(fake)
     log(f"fake Buildkite at {fake_url}")
 
-    config = opts.out / "controller.yaml"
-    config.write_text(f"agent-config:\n  endpoint: {fake_url}/v3\n")
-    stack_key = "stackgen-peer-bench"
-    args = [
-        str(opts.controller_bin),
-        "--config",
-        str(config),
-        "--namespace",
-        ns,
-        "--id",
-        stack_key,
-        "--queue",
-        opts.queue,
-        "--max-in-flight",
-        str(opts.max_in_flight),
-        "--log-format",
-        "json",
-        *opts.extra_args,
-    ]
-    # A clean environment: the controller takes every flag from an environment variable of
-    # the same name too (QUEUE, TAGS, DEBUG, NAMESPACE, CONFIG, ...).
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(opts.out), "KUBECONFIG": str(kc)}
-    controller_log = (opts.out / "controller.log").open("w")
-    started_at = time.time()
-    controller = procs.start(
-        "controller", args, env=env, stdout=controller_log, stderr=subprocess.STDOUT
+    started = start_controller(
+        procs,
+        "controller",
+        opts.controller_bin,
+        fake_url=fake_url,
+        kubeconfig=kc,
+        namespace=ns,
+        stack_key="stackgen-peer-bench",
+        queue=opts.queue,
+        max_in_flight=opts.max_in_flight,
+        out=opts.out,
+        extra_args=opts.extra_args,
     )
+    controller, args, started_at = started.proc, started.argv, started.started_at
     log(f"controller: {' '.join(args[1:])}")
 
     def requests() -> list[dict[str, Any]]:
-        status, body = http("GET", f"{fake_url}/_fake/requests")
-        if status != 200:
-            raise RuntimeError(f"/_fake/requests answered {status}")
-        return list(body["requests"])
+        return fake_requests(fake_url)
 
-    def polled() -> bool:
-        if controller.poll() is not None:
-            raise RuntimeError(
-                f"the controller exited with {controller.returncode} before polling; "
-                f"see {opts.out / 'controller.log'}:\n" + tail(opts.out / "controller.log")
-            )
-        return any(r["route"] == "list_scheduled_jobs" for r in requests())
-
-    wait_until(polled, 60, "the controller's first scheduled-jobs poll")
+    wait_polling(fake_url, [started])
     ready_at = time.time()
     log(f"controller polling after {ready_at - started_at:.2f}s")
 
@@ -375,7 +337,6 @@ def _run(
     _, notifications = http("GET", f"{fake_url}/_fake/notifications")
     procs.stop("fake")
     fake_log.close()
-    controller_log.close()
 
     return measure(
         opts=opts,
@@ -395,13 +356,6 @@ def _run(
         watch_errors=watcher.errors,
         controller_args=args[1:],
     )
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- figures

@@ -23,6 +23,43 @@ fmt_ms() { printf '%d.%01ds' $(($1 / 1000)) $((($1 % 1000) / 100)); }
 START_MS=$(now_ms)
 elapsed() { fmt_ms $(($(now_ms) - START_MS)); }
 
+# heartbeat LABEL COMMAND...: run COMMAND (its output as it comes) and, while it runs, print
+# "    ... [STEP] LABEL: still running after 1m20s" every STACKGEN_HEARTBEAT_SECONDS (default
+# 20), so a long `go build` or `pip install` is never silent (one short line each time:
+# readable in CI logs). STEP is $HEARTBEAT_STEP when set. Returns COMMAND's exit status.
+heartbeat() {
+    local label=${HEARTBEAT_STEP:+[$HEARTBEAT_STEP] }$1 every=${STACKGEN_HEARTBEAT_SECONDS:-20}
+    local start ticker rc=0 parent=$BASHPID
+    shift
+    start=${EPOCHREALTIME/./}
+    # The ticker: builtins only between its naps, and a TERM that only sets a flag (it may
+    # come at any moment; leaving from inside the trap upsets bash's function bookkeeping).
+    (
+        hb_stop=0
+        hb_nap=""
+        trap 'hb_stop=1; [[ -z $hb_nap ]] || kill "$hb_nap" 2>/dev/null' TERM
+        while ((!hb_stop)) && kill -0 "$parent" 2>/dev/null; do
+            sleep "$every" &
+            hb_nap=$!
+            wait "$hb_nap" || true
+            ((!hb_stop)) || break
+            hb_now=${EPOCHREALTIME/./}
+            hb_took=$(((hb_now - start) / 1000000))
+            if ((hb_took < 60)); then
+                printf '    ... %s: still running after %ds\n' "$label" "$hb_took"
+            else
+                printf '    ... %s: still running after %dm%02ds\n' "$label" \
+                    $((hb_took / 60)) $((hb_took % 60))
+            fi
+        done
+    ) &
+    ticker=$!
+    "$@" || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    return "$rc"
+}
+
 # The cluster name bin/up and bin/down derive from an overlay folder
 # (overlays/example -> stackgen-example; tests/golden/CASE/overlay -> stackgen-CASE).
 derive_name() {

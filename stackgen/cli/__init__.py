@@ -7,6 +7,7 @@ problem becomes one line on stderr and the process exits non-zero without a trac
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -65,10 +66,32 @@ for _module in (
 cli.add_command(dispatcher.git_mirror)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI cancel), unwinding exactly as Ctrl-C does.
+
+    So every temporary tree (which holds copies of the tokens) is removed, and every tool
+    stopped, on the way out.
+    """
+
+
+_terminated: list[int] = []
+
+
+def _terminate(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    raise Terminated
+
+
 def main() -> None:
     """Console-script entry point."""
+    # The long-running commands (dispatcher, metrics-adapter) install their own handlers.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(prog_name="stackgen")
     except BrokenPipeError:  # `stackgen build … | head` closes the pipe early
         sys.stderr.close()
         sys.exit(int(ExitStatus.INVALID))
+    except SystemExit:
+        if _terminated:  # click reported it as an abort ("Aborted!"): exit as killed by it
+            sys.exit(128 + signal.SIGTERM)
+        raise

@@ -15,6 +15,7 @@ from stackgen.common.output import notice, out
 @opts.server_dry_run
 @opts.ignore_missing_schemas
 @opts.skip_missing_secrets
+@opts.policy
 @click.option(
     "--validate/--no-validate",
     default=True,
@@ -28,6 +29,7 @@ def command(
     server_dry_run: bool,
     ignore_missing_schemas: bool,
     skip_missing_secrets: bool,
+    policy: str,
     validate: bool,
 ) -> None:
     """Build OVERLAY into a validated stack on stdout.
@@ -40,6 +42,7 @@ def command(
       stackgen build overlays/example | kubectl apply -f -
       stackgen build overlays/example --server-dry-run > stack.yaml
       stackgen build overlays/example --skip-missing-secrets > /dev/null   # CI, no secrets
+      stackgen build path/to/kustomize-overlay --policy none   # not an agent stack
     """
     from stackgen.pipeline import BuildOptions, build
 
@@ -51,6 +54,7 @@ def command(
             server_dry_run=server_dry_run,
             ignore_missing_schemas=ignore_missing_schemas,
             skip_missing_secrets=skip_missing_secrets,
+            policy=policy,
         ),
     )
     for message in result.notices:

@@ -6,7 +6,10 @@ import sys
 
 import click
 
-from stackgen.cli.errors import handle_errors
+from stackgen.cli.errors import handle_errors, require_extra
+
+#: What the in-cluster processes import from the [dispatcher] extra.
+DISPATCHER_MODULES = ("kubernetes", "httpx", "structlog")
 
 
 @click.command("dispatcher")
@@ -60,6 +63,7 @@ def command(
       stackgen dispatcher --config /etc/stackgen/dispatcher.yaml
       stackgen dispatcher --config dispatcher.yaml --kubeconfig ~/.kube/config --port 18080
     """
+    require_extra(*DISPATCHER_MODULES)
     from stackgen.dispatcher.app import Options, run
     from stackgen.dispatcher.config import load, with_endpoint
 
@@ -103,6 +107,7 @@ def refresh(config_path: str, name: str, kubeconfig: str | None) -> None:
     Examples:
       stackgen git-mirror refresh --config /etc/stackgen/dispatcher.yaml --mirror monorepo
     """
+    require_extra(*DISPATCHER_MODULES)
     import time
     from pathlib import Path
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from stackgen.cli import options as opts
 from stackgen.cli.errors import handle_errors
 from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 from stackgen.common.output import err
@@ -40,7 +41,13 @@ def _queue(
 )
 @click.option("--name", default=None, help="Stack name (default: the folder's name).")
 @click.option("--namespace", default=None, help="Namespace (default: the stack name).")
-@click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True)
+@click.option(
+    "--kubernetes-version",
+    default=DEFAULT_KUBERNETES_VERSION,
+    show_default=True,
+    metavar="X.Y.Z",
+    callback=opts.check_version,
+)
 @handle_errors
 def command(
     directory: Path,

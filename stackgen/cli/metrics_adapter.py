@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stackgen.cli.errors import handle_errors
+from stackgen.cli.errors import handle_errors, require_extra
 from stackgen.common.defaults import stack_default
 from stackgen.common.errors import StackgenError
 from stackgen.common.names import AGENT_TOKEN_ENV, DEFAULT_ENDPOINT
@@ -190,6 +190,7 @@ def command(
       kubectl get --raw \\
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/buildkite/buildkite_jobs_runnable?labelSelector=queue%3Ddefault"
     """
+    require_extra("kubernetes", "httpx", "structlog")
     from stackgen.adapter.server import AdapterSettings, RequestHeaderFlags
 
     token = _token(log_level)

@@ -24,11 +24,12 @@ def kubernetes_version(func: F) -> F:
         metavar="X.Y.Z",
         default=None,
         help=_VERSION_HELP,
-        callback=_check_version,
+        callback=check_version,
     )(func)
 
 
-def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``v1.33``/``1.33`` become ``1.33.0``; anything else is refused."""
     if value is None:
         return None
     value = value.removeprefix("v")
@@ -68,6 +69,19 @@ def skip_missing_secrets(func: F) -> F:
         help="Build absent secret files (and unset token variables) with throwaway "
         "placeholders, each named in a notice: for CI checkouts without the git-ignored "
         "secrets. Present files are checked as usual.",
+    )(func)
+
+
+def policy(func: F) -> F:
+    """``--policy stack|none``."""
+    return click.option(
+        "--policy",
+        type=click.Choice(["stack", "none"]),
+        default="stack",
+        show_default=True,
+        help="stack: stackgen's policies judge the built objects (lines marked 'policy:'); "
+        "none: only what kustomize, the Kubernetes schemas and stack.yaml's own checks "
+        "refuse (plain overlays that are not agent stacks, kustomize's examples).",
     )(func)
 
 

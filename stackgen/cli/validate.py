@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from stackgen.cli import options as opts
-from stackgen.common.errors import StackgenError, ToolError
+from stackgen.common.errors import Problem, StackgenError, ToolError
 from stackgen.common.output import err, notice, out
 from stackgen.common.status import ExitStatus
 
@@ -19,6 +19,7 @@ from stackgen.common.status import ExitStatus
 @opts.server_dry_run
 @opts.ignore_missing_schemas
 @opts.skip_missing_secrets
+@opts.policy
 @click.option(
     "--output",
     "output_format",
@@ -35,6 +36,7 @@ def command(
     server_dry_run: bool,
     ignore_missing_schemas: bool,
     skip_missing_secrets: bool,
+    policy: str,
     output_format: str,
 ) -> None:
     """Check every OVERLAY: config schema, kustomize, kubeconform, policy.
@@ -52,31 +54,30 @@ def command(
     from stackgen.pipeline import BuildOptions, build
 
     debug = bool((ctx.obj or {}).get("debug"))
+    options = BuildOptions(
+        kubernetes_version=kubernetes_version,
+        server_dry_run=server_dry_run,
+        ignore_missing_schemas=ignore_missing_schemas,
+        skip_missing_secrets=skip_missing_secrets,
+        policy=policy,
+    )
     reports: list[dict[str, Any]] = []
     tooling_failed = False
     for overlay in overlays:
         report: dict[str, Any] = {"overlay": overlay, "valid": False, "problems": [], "notices": []}
         try:
-            result = build(
-                overlay,
-                BuildOptions(
-                    kubernetes_version=kubernetes_version,
-                    server_dry_run=server_dry_run,
-                    ignore_missing_schemas=ignore_missing_schemas,
-                    skip_missing_secrets=skip_missing_secrets,
-                ),
-            )
-        except StackgenError as exc:
+            result = build(overlay, options)
+        except Exception as exc:
+            # One overlay failing, even in a way nobody foresaw, never stops the others.
             if debug:
                 raise
             tooling_failed |= isinstance(exc, ToolError)
-            report["problems"] = [
-                {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
-            ]
+            problems = exc.problems if isinstance(exc, StackgenError) else [_internal(overlay, exc)]
+            report["problems"] = [_as_dict(p) for p in problems]
             if output_format == "text":
-                for problem in exc.problems:
+                for problem in problems:
                     err(str(problem))
-                count = len(exc.problems)
+                count = len(problems)
                 out(f"FAIL {overlay} ({count} problem{'s' if count != 1 else ''})", nl=True)
         else:
             report.update(
@@ -107,3 +108,23 @@ def command(
         out(f"{len(reports)} {noun}: {valid} valid, {invalid} invalid", nl=True)
     if invalid:
         ctx.exit(int(ExitStatus.TOOLING if tooling_failed else ExitStatus.INVALID))
+
+
+def _internal(overlay: str, exc: Exception) -> Problem:
+    """An unforeseen failure of one overlay, as one line."""
+    return Problem(
+        overlay,
+        "",
+        f"internal error: {type(exc).__name__}: {exc} "
+        "(run with --debug for a traceback, and please report it)",
+    )
+
+
+def _as_dict(problem: Problem) -> dict[str, str]:
+    """One problem in ``--output json`` (``check: policy`` for stackgen's own rules)."""
+    return {
+        "file": problem.file,
+        "path": problem.path,
+        "message": problem.message,
+        **({"check": problem.tag} if problem.tag else {}),
+    }

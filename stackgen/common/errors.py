@@ -18,11 +18,15 @@ class Problem:
     file: str
     path: str
     message: str
+    #: What kind of check found it, shown after the file (``policy`` for stackgen's own
+    #: rules, so they read apart from what Kubernetes or kustomize would refuse).
+    tag: str = ""
 
     def __str__(self) -> str:
+        head = f"{self.file}: {self.tag}" if self.tag else self.file
         if self.path:
-            return f"{self.file}: {self.path}: {self.message}"
-        return f"{self.file}: {self.message}"
+            return f"{head}: {self.path}: {self.message}"
+        return f"{head}: {self.message}"
 
 
 class StackgenError(Exception):

@@ -19,6 +19,10 @@ DEFAULT_KUBERNETES_VERSION: str = stack_default("kubernetesVersion")
 #: Buildkite's agent API.
 DEFAULT_ENDPOINT: str = stack_default("agent.endpoint")
 
+#: Namespaces every cluster has: a stack may live in one, but stackgen did not create it
+#: and never sets its Pod Security labels (kube-system runs the cluster's own pods).
+SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
 # ------------------------------------------------------------------ stackgen's own apps
 #: The dispatcher's Deployment, ServiceAccount, Lease and app label.
 DISPATCHER = "stackgen-dispatcher"

@@ -29,7 +29,15 @@ _JSON_TYPES = {
 # Friendly words for the patterns stackgen's schemas use.
 _PATTERN_WORDS = {
     "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$": "a DNS label: lower-case letters, digits and '-'",
-    "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$": "a DNS name: lower-case letters, digits, '-' and '.'",
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$": (
+        "a DNS name: dot-separated parts of lower-case letters, digits and '-', "
+        "each starting and ending with a letter or digit"
+    ),
+    "^1\\.(2[5-9]|3[0-7])\\.[0-9]+$": "a Kubernetes version from 1.25 to 1.37, such as 1.33.0",
+    "^[0-9.]+(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$": (
+        "a Kubernetes quantity such as 500m, 2, 1Gi or 512Mi"
+    ),
+    "^([a-z0-9.-]+/)?[a-z0-9-]+$": "a resource name such as cpu, memory or example.com/gpu",
     "^[^/]": "a path relative to the overlay folder",
     "^/": "an absolute path",
     "^[^\\s]+$": "a single word without spaces",
@@ -105,8 +113,7 @@ def _bad_key(name: str, validator: Any, value: Any) -> str:
         choices = [str(v) for v in value]
         hint = did_you_mean(name, choices)
         return hint[2:] if hint else f"not one of: {', '.join(choices)}"
-    words = _PATTERN_WORDS.get(str(value), f"text matching {value}")
-    return f"bad key name: must be {words}"
+    return f"bad key name: must be {pattern_words(value)}"
 
 
 def _message(error: SchemaError, value: Any, schema: dict[str, Any]) -> str:
@@ -122,7 +129,7 @@ def _message(error: SchemaError, value: Any, schema: dict[str, Any]) -> str:
     words: dict[str, Callable[[], str]] = {
         "const": lambda: f"must be {value!r}",
         "type": lambda: f"must be {_expected_types(value)}, not {_describe_type(error.instance)}",
-        "pattern": lambda: f"must be {_PATTERN_WORDS.get(str(value), f'text matching {value}')}",
+        "pattern": lambda: f"must be {pattern_words(value)}",
         "minimum": lambda: f"must be at least {value}",
         "maximum": lambda: f"must be at most {value}",
         "minItems": lambda: f"must have at least {value} item{'s' if value != 1 else ''}",
@@ -130,10 +137,23 @@ def _message(error: SchemaError, value: Any, schema: dict[str, Any]) -> str:
             "must not be empty" if value == 1 else f"must be at least {value} characters"
         ),
         "maxLength": lambda: f"must be at most {value} characters",
+        "exclusiveMinimum": lambda: f"must be more than {value}",
+        "exclusiveMaximum": lambda: f"must be less than {value}",
+        "maxItems": lambda: f"must have at most {value} item{'s' if value != 1 else ''}",
+        "uniqueItems": lambda: "must not list the same item twice",
+        "minProperties": lambda: f"must set at least {value} key{'s' if value != 1 else ''}",
+        "maxProperties": lambda: f"must set at most {value} key{'s' if value != 1 else ''}",
     }
     say = words.get(str(validator))
-    # Anything else: jsonschema's wording without the instance value.
-    return say() if say else f"does not satisfy {validator}: {value}"
+    # Anything else (oneOf, not, …): words, never the schema's own text.
+    return say() if say else "does not have a form this field accepts (see `stackgen schema`)"
+
+
+def pattern_words(pattern: object) -> str:
+    """What a schema pattern asks for, in words (never the regular expression itself)."""
+    return _PATTERN_WORDS.get(
+        str(pattern), "in the form this field accepts (see `stackgen schema`)"
+    )
 
 
 def schema_problems(instance: Any, schema: dict[str, Any], file: str) -> list[Problem]:

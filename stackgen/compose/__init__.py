@@ -87,6 +87,11 @@ def compose(
         comment="Pod Security admission: agents run at `baseline` (`privileged` with a dind "
         "queue);\nstackgen's own pods meet `restricted` (checked by `stackgen validate`).",
     )
+    if not stack.owns_namespace:
+        tree.notice(
+            f"namespace {stack.namespace!r} exists in every cluster and is not the stack's own: "
+            "its Pod Security labels are left as they are"
+        )
     write_root(tree, stack)
     return finish_tree(tree)
 
@@ -96,11 +101,13 @@ def _add_dind(tree: Tree, kz: Kustomization) -> None:
     stack = tree.stack
     if not stack.uses_dind:
         return
+    kz.images.append(image_entry(DIND_IMAGE, stack.dind.image))
+    if not stack.owns_namespace:
+        return
     tree.notice(
         f"Pod Security of namespace {stack.namespace!r} lowered to privileged: "
         f"dind on queue(s) {', '.join(stack.dind_queue_names)}"
     )
-    kz.images.append(image_entry(DIND_IMAGE, stack.dind.image))
 
 
 def _add_user_extras(tree: Tree, kz: Kustomization) -> None:

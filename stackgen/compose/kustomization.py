@@ -140,23 +140,31 @@ def write_kube_system(tree: Tree, stack: Stack) -> None:
 
 
 def namespace_object(stack: Stack) -> dict[str, Any]:
-    """The stack's Namespace, with its Pod Security levels."""
+    """The stack's Namespace, with its Pod Security levels.
+
+    A namespace every cluster has (``kube-system``, ``default``, …) is not stackgen's:
+    it gets no Pod Security labels (they would bind the cluster's own pods).
+    """
     dind = stack.dind_queue_names
     major, minor = stack.kubernetes_version.split(".")[:2]
     version = f"v{major}.{minor}"
-    metadata: dict[str, Any] = {
-        "name": stack.namespace,
-        "labels": {
-            "app.kubernetes.io/name": "buildkite-agent-stack",
-            "app.kubernetes.io/component": "namespace",
+    labels = {
+        "app.kubernetes.io/name": "buildkite-agent-stack",
+        "app.kubernetes.io/component": "namespace",
+    }
+    metadata: dict[str, Any] = {"name": stack.namespace, "labels": labels}
+    if not stack.owns_namespace:
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+    labels.update(
+        {
             "pod-security.kubernetes.io/enforce": "privileged" if dind else "baseline",
             "pod-security.kubernetes.io/enforce-version": version,
             "pod-security.kubernetes.io/warn": "baseline",
             "pod-security.kubernetes.io/warn-version": version,
             "pod-security.kubernetes.io/audit": "baseline",
             "pod-security.kubernetes.io/audit-version": version,
-        },
-    }
+        }
+    )
     if dind:
         why = "dind on queues " + ", ".join(dind)
         metadata["annotations"] = {"stackgen.io/pod-security-lowered-by": why}

@@ -1,7 +1,8 @@
 """An SSH deploy key: a ``kubernetes.io/ssh-auth`` Secret with the key and known_hosts.
 
-Its component mounts it; stackgen's hook starts ssh-agent and pins known_hosts.  With
-``existingSecret`` the component's volume reads that Secret (its keys mapped to the file
+The key is written normalised (LF line ends, one final newline: ssh-add refuses a key
+saved with CRLF).  Its component mounts it; stackgen's hook starts ssh-agent and pins
+known_hosts.  With ``existingSecret`` the component's volume reads that Secret (its keys mapped to the file
 names the hook reads); nothing is generated.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from stackgen.compose.kustomization import Kustomization, generated
 from stackgen.compose.token import point_agents_at
 from stackgen.compose.tree import Tree
+from stackgen.stack.secret_files import normalized_ssh_key
 
 
 def add_ssh_key(tree: Tree, kz: Kustomization) -> None:
@@ -27,6 +29,9 @@ def add_ssh_key(tree: Tree, kz: Kustomization) -> None:
         point_agents_at(tree, kz, "ssh-key", existing.name, items)
         return
     assert key.private_key_file is not None and key.known_hosts_file is not None
+    # Written normalised (LF, one final newline): ssh-add refuses a CRLF key.
+    raw = tree.stack.secret_bytes(key.private_key_file)
+    private_key = tree.write_secret("ssh-privatekey", normalized_ssh_key(raw).decode("utf-8"))
     kz.secret_generator.append(
         generated(
             "buildkite-ssh-key",
@@ -34,7 +39,7 @@ def add_ssh_key(tree: Tree, kz: Kustomization) -> None:
             "ssh-key",
             type="kubernetes.io/ssh-auth",
             files=[
-                f"ssh-privatekey={tree.overlay_rel(key.private_key_file)}",
+                f"ssh-privatekey={private_key}",
                 f"known_hosts={tree.overlay_rel(key.known_hosts_file)}",
             ],
         )

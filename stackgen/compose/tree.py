@@ -8,14 +8,13 @@ with :func:`stackgen.common.yamlio.dump`, never text with a user's string pasted
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackgen.common import yamlio
+from stackgen.common import overlayfs, yamlio
 from stackgen.common.resources import data_dir
 from stackgen.stack.model import SecretSource, Stack
 
@@ -105,15 +104,8 @@ def finish_tree(tree: Tree) -> Composed:
 
 
 def _copy_overlay(overlay: Path, dest: Path) -> None:
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        return {n for n in names if n in {".git", "__pycache__"}}
-
-    shutil.copytree(overlay, dest, ignore=ignore, symlinks=False)
-    for root, dirs, files in os.walk(dest):
-        for name in dirs:
-            Path(root, name).chmod(0o700)
-        for name in files:
-            Path(root, name).chmod(0o600)
+    """Copy the overlay's regular files (links inside it followed); refuse anything else."""
+    overlayfs.copy(overlayfs.scan(overlay).check(), dest)
 
 
 def secret_value(stack: Stack, source: SecretSource, environ: Mapping[str, str]) -> str:

@@ -47,6 +47,11 @@ def check_stack(stack: Stack, *, environ: Mapping[str, str]) -> list[Problem]:
 # ------------------------------------------------------------------------- queues
 
 
+def queue_rule_problems(stack: Stack) -> list[Problem]:
+    """The queue rules alone (``stackgen init`` checks its scaffold with them)."""
+    return list(_queue_rules(stack))
+
+
 def _queue_rules(stack: Stack) -> Iterator[Problem]:
     file = stack.file
     yield from mirror_problems(stack.git_mirrors, file)

@@ -13,13 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from stackgen.common import yamlio
 from stackgen.common.defaults import section_defaults, stack_default
 from stackgen.common.errors import ConfigError, Problem
-from stackgen.common.files import display_path, read_yaml_file
+from stackgen.common.files import (
+    UnsafeFile,
+    display_path,
+    read_yaml_file,
+    resolve_inside,
+    unbounded_problem,
+)
 from stackgen.common.models import DispatchSettings, GitMirror
 from stackgen.common.podsteps import PluginSettings
 from stackgen.common.resources import load_schema
 from stackgen.stack.checks import check_stack
+from stackgen.stack.limits import limit_problems, non_finite_problems
 from stackgen.stack.model import (
     AdapterTls,
     AgentSettings,
@@ -120,6 +130,12 @@ def read_stack_data(overlay: Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError(
             Problem(display_path(overlay), "", f"has no {STACK_FILE} (a plain kustomize overlay)")
         )
+    if stack_file.is_symlink():
+        try:
+            resolve_inside(overlay, stack_file)
+        except UnsafeFile as exc:
+            shown = display_path(stack_file)
+            raise ConfigError(Problem(shown, "", f"is a symbolic link that {exc.reason}")) from exc
     data = read_yaml_file(stack_file)
     if not isinstance(data, dict):
         raise ConfigError(
@@ -138,8 +154,12 @@ def stack_problems(data: dict[str, Any], file: str) -> list[Problem]:
     # kustomize runs.
     from stackgen.common.schema_errors import schema_problems
 
-    problems = schema_problems(data, load_schema("stack"), file)
-    return problems or _mode_block_problems(data, file)
+    non_finite = list(non_finite_problems(data, file))
+    shown = {p.path for p in non_finite}
+    problems = [p for p in schema_problems(data, load_schema("stack"), file) if p.path not in shown]
+    if problems or non_finite:
+        return sorted(non_finite + problems, key=lambda p: p.path)
+    return _mode_block_problems(data, file) + limit_problems(data, file)
 
 
 def _mode_block_problems(data: dict[str, Any], file: str) -> list[Problem]:
@@ -191,9 +211,30 @@ def stack_from_data(data: dict[str, Any], overlay: Path, source: Path) -> Stack:
         kustomize=KustomizeExtras(
             resources=list(kz.get("resources", [])),
             components=list(kz.get("components", [])),
-            patches=copy.deepcopy(list(kz.get("patches", []))),
+            patches=_bounded_patches(list(kz.get("patches", [])), display_path(source)),
         ),
     )
+
+
+def _bounded_patches(patches: list[Any], file: str) -> list[Any]:
+    """The inline patches, copied.
+
+    One whose YAML would expand beyond bounds is refused at once: kustomize, which
+    parses it, would expand it.
+    """
+    for index, patch in enumerate(patches):
+        text = patch.get("patch") if isinstance(patch, dict) else None
+        if not isinstance(text, str):
+            continue
+        try:
+            for _ in yamlio.load_all(text):
+                pass
+        except yamlio.UnboundedYamlError as exc:
+            where = f"kustomize.patches[{index}].patch"
+            raise ConfigError(unbounded_problem(file, where, exc)) from exc
+        except yaml.YAMLError:
+            continue  # kustomize says what is wrong with it
+    return copy.deepcopy(patches)
 
 
 def _with_defaults(data: Mapping[str, Any], section: str) -> dict[str, Any]:

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stackgen.common.defaults import stack_default
-from stackgen.common.files import display_path
+from stackgen.common.errors import ConfigError, Problem
+from stackgen.common.files import UnsafeFile, display_path, read_inside
 from stackgen.common.models import DispatchedQueue, DispatchSettings, GitMirror
-from stackgen.common.names import AGENT_WORKLOAD, queue_slug
+from stackgen.common.names import AGENT_WORKLOAD, SYSTEM_NAMESPACES, queue_slug
 from stackgen.common.podsteps import PluginSettings
 
 Mode = Literal["hpa", "dispatch", "exact"]
+#: The most a secret file may hold (a token, a key, a certificate chain).
+SECRET_FILE_BYTES = 1024 * 1024
 
 __all__ = [
     "AdapterTls",
@@ -381,7 +384,20 @@ class Stack:
     def secret_bytes(self, path: Path) -> bytes:
         """A secret file's content: its placeholder when it is absent and one was made."""
         placeholder = self.placeholders.get(path)
-        return path.read_bytes() if placeholder is None else placeholder
+        if placeholder is not None:
+            return placeholder
+        try:
+            return read_inside(self.overlay, path, SECRET_FILE_BYTES)
+        except (UnsafeFile, FileNotFoundError) as exc:
+            # The checks (stackgen.stack.secret_files) say the same in their own words.
+            raise ConfigError(
+                Problem(display_path(path), "", str(exc) or "file not found")
+            ) from exc
+
+    @property
+    def owns_namespace(self) -> bool:
+        """Whether the stack's namespace is its own (not one every cluster has)."""
+        return self.namespace not in SYSTEM_NAMESPACES
 
     @property
     def hpa_queues(self) -> list[Queue]:

@@ -41,7 +41,7 @@ def with_placeholders(stack: Stack, environ: Mapping[str, str]) -> Placeholders:
     """``stack`` with a placeholder for every absent secret file and unset token variable."""
     files: dict[Path, bytes] = {}
     notices: list[str] = []
-    missing = [(f, p) for f, p in _secret_files(stack) if _absent_inside(stack.overlay, p)]
+    missing = [(f, p) for f, p in secret_file_fields(stack) if _absent_inside(stack.overlay, p)]
     made = _material(stack, {f for f, _ in missing})
     for field_path, path in missing:
         files[path] = made[field_path]
@@ -49,7 +49,7 @@ def with_placeholders(stack: Stack, environ: Mapping[str, str]) -> Placeholders:
             f"{field_path}: {display_path(path)} is missing: built with a placeholder ({_FLAG})"
         )
     env = dict(environ)
-    for source in _token_sources(stack):
+    for source in token_sources(stack):
         if source.env is not None and source.env not in env:
             env[source.env] = PLACEHOLDER_TOKEN
             notices.append(
@@ -59,15 +59,16 @@ def with_placeholders(stack: Stack, environ: Mapping[str, str]) -> Placeholders:
     return Placeholders(replace(stack, placeholders=files), env, notices)
 
 
-def _token_sources(stack: Stack) -> Iterator[SecretSource]:
+def token_sources(stack: Stack) -> Iterator[SecretSource]:
+    """The agent token, and the webhook token when there is one."""
     yield stack.secrets.agent_token
     if stack.dispatcher.webhook.token is not None:
         yield stack.dispatcher.webhook.token
 
 
-def _secret_files(stack: Stack) -> Iterator[tuple[str, Path]]:
+def secret_file_fields(stack: Stack) -> Iterator[tuple[str, Path]]:
     """Every secret file stack.yaml names, with its field."""
-    for source in _token_sources(stack):
+    for source in token_sources(stack):
         if source.file is not None:
             yield f"{source.field_path}.file", source.file
     if stack.secrets.git_credentials_file is not None:

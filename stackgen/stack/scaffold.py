@@ -8,9 +8,11 @@ refuse until they are replaced, and ``secrets/`` is git-ignored.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+from stackgen.common import yamlio
 from stackgen.common.certs import generate_adapter_certs
 from stackgen.common.defaults import stack_default
 from stackgen.common.errors import ConfigError, Problem
@@ -72,12 +74,54 @@ def scaffold(
         "queues": queues,
         "hpa": hpa,
     }
-    for rel, (template, mode) in _FILES.items():
+    env.filters["yaml_scalar"] = _yaml_scalar
+    texts = {
+        rel: env.get_template(template).render(**context) for rel, (template, _) in _FILES.items()
+    }
+    problems = _refusals(texts["stack.yaml"], directory, shown, queues)
+    if problems:
+        raise ConfigError(problems)
+    for rel, (_, mode) in _FILES.items():
         path = directory / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(env.get_template(template).render(**context), encoding="utf-8")
+        path.write_text(texts[rel], encoding="utf-8")
         path.chmod(mode)
     (directory / "secrets").chmod(0o700)
     if hpa:
         generate_adapter_certs(namespace, directory / "secrets" / "metrics-adapter")
     return shown
+
+
+def _yaml_scalar(value: str) -> str:
+    """``value`` as YAML reads it back as the same string (``on``, ``1.5`` get quotes)."""
+    return value if yamlio.load(value) == value else json.dumps(value)
+
+
+def _refusals(
+    text: str, directory: Path, shown: str, queues: list[dict[str, str]]
+) -> list[Problem]:
+    """What ``stackgen build`` would refuse in the scaffold's stack.yaml.
+
+    Its secret files aside; each problem names the command-line option that caused it.
+    """
+    from stackgen.stack.checks import queue_rule_problems
+    from stackgen.stack.load import stack_from_data, stack_problems
+
+    data = yamlio.load(text)
+    problems = stack_problems(data, shown)
+    if not problems:
+        stack = stack_from_data(data, directory, directory / "stack.yaml")
+        problems = queue_rule_problems(stack)
+    return [Problem(shown, *_as_option(p.path, queues), p.message) for p in problems]
+
+
+def _as_option(path: str, queues: list[dict[str, str]]) -> tuple[str]:
+    match = re.match(r"^queues\[(\d+)\]", path)
+    if match:
+        return (f"--queue {queues[int(match[1])]['name']}",)
+    options = {
+        "metadata.name": "--name",
+        "metadata.namespace": "--namespace",
+        "kubernetesVersion": "--kubernetes-version",
+    }
+    return (options.get(path, path),)

@@ -15,14 +15,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from stackgen.common.errors import Problem
-from stackgen.common.files import display_path
+from stackgen.common.files import UnsafeFile, display_path, read_regular
 from stackgen.common.names import adapter_service_dns
-from stackgen.stack.model import SshKey, Stack
+from stackgen.stack.model import SECRET_FILE_BYTES, SshKey, Stack
 
 #: What ``stackgen init`` writes into secret files the user still has to fill in.
 PLACEHOLDER_MARKER = "REPLACE-ME"
 
-_MAX_SECRET_BYTES = 1024 * 1024
+_MAX_SECRET_BYTES = SECRET_FILE_BYTES
 
 
 def resolve_inside(
@@ -48,18 +48,13 @@ def read_secret(
     resolved, problems = resolve_inside(overlay, path, file, field)
     if resolved is None:
         return None, problems
-    if resolved.is_dir():
-        return None, [Problem(file, field, "is a folder, not a file")]
     try:
-        with resolved.open("rb") as fh:
-            data = fh.read(_MAX_SECRET_BYTES + 1)
-    except PermissionError:
-        return None, [Problem(file, field, "cannot read: permission denied")]
-    except OSError as exc:
-        return None, [Problem(file, field, f"cannot read: {exc.strerror}")]
-    if len(data) > _MAX_SECRET_BYTES:
-        return None, [Problem(file, field, "is larger than 1 MiB: not a secret file")]
-    return data, []
+        # Never a named pipe or a device: checked on the open file, read up to the bound.
+        return read_regular(resolved, _MAX_SECRET_BYTES), []
+    except FileNotFoundError:
+        return None, [Problem(file, field, f"file not found: {display_path(path)}")]
+    except UnsafeFile as exc:
+        return None, [Problem(file, field, exc.reason)]
 
 
 def read_text(overlay: Path, path: Path, file: str, field: str) -> tuple[str | None, list[Problem]]:
@@ -105,8 +100,12 @@ def token_problems(raw: str, file: str, field: str) -> list[Problem]:
                 "still holds the placeholder written by `stackgen init`: put the real token there",
             )
         ]
-    if "\n" in token:
+    if "\0" in token:
+        return [Problem(file, field, "contains a NUL character: a token is one line of text")]
+    if "\n" in token or "\r" in token:
         return [Problem(file, field, "must hold the token on a single line")]
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in token if ch != "\t"):
+        return [Problem(file, field, "contains a control character: a token is plain text")]
     if any(ch.isspace() for ch in token):
         return [Problem(file, field, "must be a single token without spaces")]
     return []
@@ -219,6 +218,17 @@ def git_credentials_problems(stack: Stack, path: Path) -> list[Problem]:
                 )
             )
     return problems
+
+
+def normalized_ssh_key(data: bytes) -> bytes:
+    """An SSH private key as ssh-add reads it: LF line ends, exactly one final newline.
+
+    A key saved on Windows (CRLF) or without its last newline is otherwise accepted by
+    the checks here but refused by ssh-add in every job ("error in libcrypto").
+    """
+    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    lines = [line.rstrip() for line in text.strip().split(b"\n")]
+    return b"\n".join(lines) + b"\n"
 
 
 def ssh_key_problems(stack: Stack, path: Path) -> list[Problem]:

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from stackgen.common import yamlio
-from stackgen.common.errors import Problem
-from stackgen.common.files import display_path
+from stackgen.common.errors import ConfigError, Problem
+from stackgen.common.files import UnsafeFile, display_path, read_regular, unbounded_problem
 from stackgen.stack.model import Stack
 
 
@@ -39,18 +39,30 @@ def kustomize_files(path: Path, first: Path | None = None) -> list[Path]:
         return []
     out = [first] if first else []
     for candidate in sorted(path.rglob("*")):
-        if candidate.suffix in (".yaml", ".yml") and candidate.is_file() and candidate != first:
+        if (
+            candidate.suffix in (".yaml", ".yml", ".json")
+            and candidate.is_file()
+            and candidate != first
+        ):
             out.append(candidate)
     return out
 
 
 def literal_secrets(paths: list[Path]) -> list[Problem]:
-    """Literal secrets in these files (files that do not parse are kustomize's to report)."""
+    """Literal secrets in these files (files that do not parse are kustomize's to report).
+
+    Raises:
+        ConfigError: a file whose YAML aliases expand beyond bounds (or nest too deeply),
+            at once: kustomize, which runs next, would expand it.
+
+    """
     problems: list[Problem] = []
     for path in paths:
         try:
-            docs = list(yamlio.load_all(path.read_bytes()))
-        except (OSError, yaml.YAMLError):
+            docs = list(yamlio.load_all(read_regular(path.resolve())))
+        except yamlio.UnboundedYamlError as exc:
+            raise ConfigError(unbounded_problem(display_path(path), "", exc)) from exc
+        except (OSError, RuntimeError, UnsafeFile, yaml.YAMLError):
             continue  # kustomize reports unreadable files with its own words
         if path.name == "stack.yaml":
             continue

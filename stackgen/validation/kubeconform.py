@@ -15,6 +15,7 @@ from typing import Any
 
 from stackgen import tools
 from stackgen.common.errors import Problem, ToolError
+from stackgen.common.names import DEFAULT_KUBERNETES_VERSION
 from stackgen.common.output import notice
 from stackgen.common.resources import repo_root
 from stackgen.validation import kubeschemas
@@ -186,7 +187,7 @@ def _kubeconform_args(
         "-output",
         "json",
         "-kubernetes-version",
-        kubernetes_version,
+        kubeschemas.schema_release(kubernetes_version),
         "-schema-location",
         str(root or schema_root(kubernetes_version)),
     ]
@@ -235,11 +236,7 @@ def kubeconform_result(
         else:
             msg = str(resource.get("msg", "invalid"))
             if "could not find schema" in msg:
-                api = f"{resource.get('version', '?')} {resource.get('kind', '?')}"
-                msg = (
-                    f"no offline schema for {api} in Kubernetes {kubernetes_version} "
-                    "(a CRD? pass --ignore-missing-schemas)"
-                )
+                msg = _missing_schema(resource, kubernetes_version)
             problems.append(Problem(file, where, msg))
     if proc.returncode not in (0, 1) and not problems:
         raise ToolError(
@@ -247,6 +244,27 @@ def kubeconform_result(
             + proc.stderr.decode("utf-8", "replace").strip()[:300]
         )
     return problems, summary
+
+
+#: CRD groups whose offline schemas a bin/setup step makes, and that step.
+SETUP_STEP_OF_GROUP = {
+    "monitoring.coreos.com": "monitoring-schemas",
+    "cert-manager.io": "crd-schemas",
+}
+
+
+def _missing_schema(resource: dict[str, Any], kubernetes_version: str) -> str:
+    api = str(resource.get("version", "?"))
+    what = f"no offline schema for {api} {resource.get('kind', '?')} in Kubernetes {kubernetes_version}"
+    step = SETUP_STEP_OF_GROUP.get(api.partition("/")[0])
+    # bin/setup converts CRD schemas for the default version only.
+    if step is not None and _minor(kubernetes_version) == _minor(DEFAULT_KUBERNETES_VERSION):
+        return f"{what}: run `bin/setup {step}`, which converts them"
+    return f"{what} (a CRD? pass --ignore-missing-schemas)"
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.removeprefix("v").split(".")[:2])
 
 
 def _json_pointer_to_path(pointer: str) -> str:

@@ -35,9 +35,19 @@ class SchemaSourceError(RuntimeError):
     """kubernetes-validate is missing or lacks the requested version."""
 
 
+def schema_release(kubernetes_version: str) -> str:
+    """The release whose schemas serve a version: its minor's ``.0`` (``1.33.5`` -> ``1.33.0``).
+
+    A patch release never changes the API, and kubernetes-validate ships one schema set
+    per minor release.
+    """
+    major, minor = kubernetes_version.split(".")[:2]
+    return f"{major}.{minor}.0"
+
+
 def version_dir_name(kubernetes_version: str) -> str:
     """Folder kubeconform looks in for one version (strict schemas)."""
-    return f"v{kubernetes_version}-standalone-strict"
+    return f"v{schema_release(kubernetes_version)}-standalone-strict"
 
 
 def is_complete(root: Path, kubernetes_version: str) -> bool:
@@ -53,7 +63,8 @@ def _source_dir(kubernetes_version: str) -> Path:
             "the Python package kubernetes-validate is not installed "
             "(pip install 'stackgen[schemas]', or run bin/setup)"
         ) from exc
-    src = Path(str(package)) / "kubernetes-json-schema" / f"v{kubernetes_version}-local-strict"
+    release = schema_release(kubernetes_version)
+    src = Path(str(package)) / "kubernetes-json-schema" / f"v{release}-local-strict"
     if not src.is_dir():
         raise SchemaSourceError(
             f"kubernetes-validate has no schemas for Kubernetes {kubernetes_version}"

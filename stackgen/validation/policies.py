@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stackgen.common.errors import Problem
@@ -26,6 +26,10 @@ from stackgen.common.names import (
 OWN_APPS = {DISPATCHER, METRICS_ADAPTER, GIT_MIRROR}
 INSECURE_OPT_IN = "stackgen.io/insecure-skip-tls-verify"
 PRIVILEGED_OPT_IN = "stackgen.io/privileged"
+#: What marks a policy problem; ``--policy none`` skips these rules.
+POLICY_TAG = "policy"
+#: The ``--policy`` choices: stackgen's rules, or only what Kubernetes itself refuses.
+POLICIES = ("stack", "none")
 
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIALS)", re.I)
 # Capabilities Pod Security `baseline` allows a container to add.
@@ -114,8 +118,17 @@ def _app_name(obj: dict[str, Any], pod_meta: dict[str, Any]) -> str:
     return ""
 
 
+def as_policy(problems: Iterable[Problem]) -> list[Problem]:
+    """Mark problems as stackgen's own rules (``FILE: policy: …``), not Kubernetes'."""
+    return [replace(p, tag=POLICY_TAG) for p in problems]
+
+
 def check_objects(objects: list[dict[str, Any]], ctx: PolicyContext) -> list[Problem]:
-    """Run every policy check over the built objects."""
+    """Run every policy check over the built objects (each problem tagged ``policy``)."""
+    return as_policy(_check_objects(objects, ctx))
+
+
+def _check_objects(objects: list[dict[str, Any]], ctx: PolicyContext) -> list[Problem]:
     problems: list[Problem] = []
     problems += _one_hpa_per_target(objects, ctx)
     for obj in objects:

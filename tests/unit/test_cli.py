@@ -79,7 +79,9 @@ def test_validate_other_kubernetes_version(stackgen: Callable[..., Run], tmp_pat
         "--kubernetes-version",
         "1.32",
         "overlays/example",
-        env={"STACKGEN_SCHEMA_DIR": str(schemas)},
+        # A private cache too: a 1.32 conversion left in the user's cache by an earlier
+        # run would be found there, and nothing would be converted.
+        env={"STACKGEN_SCHEMA_DIR": str(schemas), "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
     assert run.code == 0, run.stderr
     assert "Kubernetes 1.32.0" in run.stdout.decode()
@@ -139,3 +141,114 @@ def test_reference_doc_is_in_sync_with_the_schema() -> None:
     assert committed == render_reference(), (
         "docs/stack-reference.md is stale: stackgen schema --markdown > docs/stack-reference.md"
     )
+
+
+# ------------------------------------------------------ the [dispatcher] extra is missing
+
+
+def _without(module: str, *argv: str, env: dict[str, str] | None = None) -> Run:
+    """Run the CLI in a fresh process where importing ``module`` fails (extra not installed)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; sys.argv = ['stackgen', *{list(argv)!r}]; "
+        "from stackgen.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("module", ["kubernetes", "httpx", "structlog"])
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("dispatcher", ("dispatcher", "--config", "dispatcher.yaml")),
+        ("metrics-adapter", ("metrics-adapter",)),
+        ("git-mirror refresh", ("git-mirror", "refresh", "--config", "d.yaml", "--mirror", "m")),
+    ],
+)
+def test_missing_dispatcher_extra_says_what_to_install(
+    module: str, command: str, argv: tuple[str, ...]
+) -> None:
+    run = _without(module, *argv, env={"BUILDKITE_AGENT_TOKEN": "tok-123-abc"})
+    assert run.code == 1, run.stderr
+    assert run.stdout == b""
+    assert run.lines == [
+        f"stackgen {command}: needs the [dispatcher] extra (Python module {module!r} is not "
+        "installed): pip install 'stackgen[dispatcher]'"
+    ]
+
+
+def test_missing_extra_with_debug_shows_the_import_error() -> None:
+    run = _without("kubernetes", "--debug", "dispatcher", "--config", "dispatcher.yaml")
+    assert run.code != 0
+    assert "ModuleNotFoundError" in run.stderr
+
+
+def test_an_unrelated_missing_module_is_still_an_internal_error(tmp_path: Path) -> None:
+    config = tmp_path / "dispatcher.yaml"
+    config.write_text("{}\n")
+    run = _without("stackgen.dispatcher.config", "dispatcher", "--config", str(config))
+    assert run.code == 70, run.stderr
+    assert "internal error" in run.stderr
+
+
+# --------------------------------------------------------------------- shell completion
+
+
+def _complete(shell_var: str, env: dict[str, str] | None = None) -> Run:
+    """The installed console script with click's completion variable set."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "stackgen"
+    proc = subprocess.run(
+        [str(script)],
+        capture_output=True,
+        env={**os.environ, "_STACKGEN_COMPLETE": shell_var, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [
+        ("bash", b"complete -o nosort -F _stackgen_completion stackgen"),
+        ("zsh", b"compdef _stackgen_completion stackgen"),
+        ("fish", b"complete --no-files --command stackgen"),
+    ],
+)
+def test_shell_completion_script(shell: str, marker: bytes) -> None:
+    run = _complete(f"{shell}_source")
+    assert run.code == 0, run.stderr
+    assert marker in run.stdout
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    commands = _complete("bash_complete", {"COMP_WORDS": "stackgen bu", "COMP_CWORD": "1"})
+    assert commands.code == 0, commands.stderr
+    assert b"plain,build" in commands.stdout.splitlines()
+    policies = _complete(
+        "bash_complete", {"COMP_WORDS": "stackgen build --policy ", "COMP_CWORD": "3"}
+    )
+    assert set(policies.stdout.splitlines()) >= {b"plain,stack", b"plain,none"}
+
+
+def test_readme_documents_shell_completion() -> None:
+    """The README's completion lines are the ones click answers (tested above)."""
+    from tests.support.paths import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_STACKGEN_COMPLETE={shell}_source stackgen" in readme

@@ -105,7 +105,11 @@ def tree(tmp_path: Path) -> Path:
         (overlay / path).write_text("placeholder\n", encoding="utf-8")
     (overlay / "token").write_text("tok-123-abc\n", encoding="utf-8")
     data = stack_data()
-    assert stack_problems(data, "stack.yaml") == []  # every value is one a user may write
+    # Every value is one the schema accepts; the label and annotation keys are refused
+    # later by the Kubernetes limits (stackgen.stack.limits), yet compose must still
+    # carry them exactly.
+    problems = stack_problems(data, "stack.yaml")
+    assert {p.path.split(".")[1] for p in problems} <= {"labels", "annotations"}, problems
     stack = stack_from_data(data, overlay, overlay / "stack.yaml")
     compose(stack, tmp_path / "tree", environ={})
     return tmp_path / "tree"
@@ -129,7 +133,7 @@ def test_paths_reach_the_stack_kustomization_exactly(tree: Path) -> None:
         f"git-credentials=overlay/{FILES['credentials']}"
     ]
     assert generator(kz, "secretGenerator", "buildkite-ssh-key")["files"] == [
-        f"ssh-privatekey=overlay/{FILES['ssh-key']}",
+        "ssh-privatekey=secrets/ssh-privatekey",  # written normalised (LF, one final newline)
         f"known_hosts=overlay/{FILES['known-hosts']}",
     ]
     assert generator(kz, "secretGenerator", "stackgen-metrics-adapter-tls")["files"] == [
@@ -214,3 +218,52 @@ def test_every_generated_file_parses_to_data_not_a_stray_key(tree: Path) -> None
                 "patches",
                 "commonAnnotations",
             }, path
+
+
+def _generated(tree: Path) -> dict[str, bytes]:
+    """Every file stackgen generated in a tree (not the bases, not the overlay's copy)."""
+    return {
+        p.relative_to(tree).as_posix(): p.read_bytes()
+        for p in sorted(tree.rglob("*"))
+        if p.is_file()
+        and p.relative_to(tree).parts[0] not in ("bases", "components")
+        and p.relative_to(tree).parts[:2] != ("stack", "overlay")
+    }
+
+
+def test_the_overlay_path_never_reaches_a_generated_file(tmp_path: Path) -> None:
+    # Where the overlay lies (a ` #`, a newline, quotes in its path) changes nothing:
+    # the tree holds its copy under a fixed name.
+    trees = []
+    for name in ("plain", hostile("overlay-path")):
+        overlay = tmp_path / name / "overlay"
+        for path in FILES.values():
+            (overlay / path).parent.mkdir(parents=True, exist_ok=True)
+            (overlay / path).write_text("placeholder\n", encoding="utf-8")
+        (overlay / "token").write_text("tok-123-abc\n", encoding="utf-8")
+        stack = stack_from_data(stack_data(), overlay, overlay / "stack.yaml")
+        compose(stack, tmp_path / name / "tree", environ={})
+        trees.append(_generated(tmp_path / name / "tree"))
+    assert len(trees[0]) >= 10
+    assert trees[0] == trees[1]
+
+
+def test_build_from_an_overlay_path_with_a_newline_and_a_comment(tmp_path: Path) -> None:
+    from tests.support.cli import run_stackgen
+    from tests.support.overlays import MINIMAL, write
+
+    manifests = []
+    for name in ("mini", "mini #x\n- y: 'z'"):
+        overlay = tmp_path / name
+        write(overlay / "stack.yaml", MINIMAL)
+        write(overlay / "hooks" / "pre #exit\nx", "#!/bin/bash\necho hook\n")
+        write(overlay / "secrets" / "token", "tok-123-abc\n", mode=0o600)
+        text = (overlay / "stack.yaml").read_text()
+        (overlay / "stack.yaml").write_text(
+            text.replace("secrets:\n", 'hooks:\n  pre-exit: "hooks/pre #exit\\nx"\nsecrets:\n')
+        )
+        run = run_stackgen("build", str(overlay))
+        assert run.code == 0, run.stderr
+        manifests.append(run.stdout)
+    assert manifests[0] == manifests[1]
+    assert b"echo hook" in manifests[0]

@@ -81,7 +81,7 @@ def test_every_container_needs_resources() -> None:
     obj = deployment(resources={"requests": {"cpu": "1"}})
     (message,) = messages([obj])
     assert message == (
-        "stack.yaml: Deployment/app: spec.template.spec.containers[0].resources: "
+        "stack.yaml: policy: Deployment/app: spec.template.spec.containers[0].resources: "
         "container 'main' has no requests.memory, limits.memory"
     )
 
