@@ -251,6 +251,62 @@ run_image_dind() {
     say "    $IMAGE_DIND: $(image_size_mb "$IMAGE_DIND") MB"
 }
 
+# ---------------------------------------------------------------- image-fake-buildkite
+# The fake Buildkite (tests/support/fake_buildkite: standard-library Python) on the stackgen
+# image, whose Python it uses; the sandbox (bin/up --sandbox) and the kind e2e tier run it.
+FAKE_BUILDKITE_SOURCES=(images/fake-buildkite tests/__init__.py tests/support/__init__.py
+    tests/support/fake_buildkite)
+key_image_fake_buildkite() {
+    echo "tag=$IMAGE_FAKE_BUILDKITE files=$(hash_tree "${FAKE_BUILDKITE_SOURCES[@]}")"
+    echo "base=$(docker image inspect -f '{{.Id}}' "$IMAGE_STACKGEN" 2>/dev/null || echo none)"
+}
+outputs_image_fake_buildkite() { echo "image:$IMAGE_FAKE_BUILDKITE"; }
+run_image_fake_buildkite() {
+    need_docker
+    docker image inspect "$IMAGE_STACKGEN" >/dev/null 2>&1 ||
+        die "$IMAGE_STACKGEN is missing (bin/setup image-stackgen)"
+    local ctx=$SCRATCH/ctx
+    mkdir -p "$ctx/tests/support"
+    cp "$ROOT/images/fake-buildkite/Dockerfile" "$ctx/"
+    cp "$ROOT/tests/__init__.py" "$ctx/tests/"
+    cp "$ROOT/tests/support/__init__.py" "$ctx/tests/support/"
+    (cd "$ROOT/tests/support" && tar --exclude=__pycache__ -cf - fake_buildkite) |
+        tar -C "$ctx/tests/support" -xf -
+    docker_build "$IMAGE_FAKE_BUILDKITE" "$ctx" --build-arg "BASE=$IMAGE_STACKGEN"
+    # As the sandbox runs it: read-only root, user 65532; it must serve, and refuse a wrong token.
+    local name="stackgen-fake-buildkite-check-$$" ip out
+    docker run -d --name "$name" --read-only --tmpfs /tmp -e FAKE_BUILDKITE_TOKEN=check-token \
+        "$IMAGE_FAKE_BUILDKITE" >/dev/null
+    cleanup_later docker rm -f -v "$name"
+    ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
+    out=$(docker run --rm --entrypoint python3 -e URL="http://$ip:8080" "$IMAGE_FAKE_BUILDKITE" -c '
+import os, time, urllib.error, urllib.request
+url = os.environ["URL"]
+def status(token):
+    req = urllib.request.Request(url + "/v3/token", headers={"Authorization": "Token " + token})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+for _ in range(100):
+    try:
+        good = status("check-token")
+        break
+    except OSError:
+        time.sleep(0.2)
+else:
+    raise SystemExit("the fake did not answer on " + url)
+print("ok" if (good, status("wrong")) == (200, 401) else f"unexpected: {good}")
+' 2>&1) || true
+    if [[ $out != ok ]]; then
+        docker logs "$name" 2>&1 | tail -n 20 >&2
+        die "fake Buildkite image check failed: $out"
+    fi
+    say "    fake Buildkite: serves the agent API on 0.0.0.0:8080 (read-only root, user 65532)"
+    say "    $IMAGE_FAKE_BUILDKITE: $(image_size_mb "$IMAGE_FAKE_BUILDKITE") MB"
+}
+
 # ---------------------------------------------------------------- kube-node (binaries)
 # kubelet, kubeadm, kubectl and kube-proxy for the node image, from the same Kubernetes
 # version and with the same version ldflags as the control-plane step, through a wrapper

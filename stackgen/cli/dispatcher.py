@@ -28,6 +28,14 @@ DISPATCHER_MODULES = ("kubernetes", "httpx", "structlog")
 @click.option("--port", default=None, type=int, help="Listen port (default: the config's, 8080).")
 @click.option("--advertise", default=None, help="URL followers forward webhooks to when leading.")
 @click.option(
+    "--endpoint",
+    envvar="STACKGEN_BUILDKITE_ENDPOINT",
+    default=None,
+    show_envvar=True,
+    help="Buildkite agent API endpoint instead of the config's buildkite.endpoint "
+    "(e.g. the sandbox's fake Buildkite).",
+)
+@click.option(
     "--leader-election/--no-leader-election",
     default=True,
     show_default=True,
@@ -41,6 +49,7 @@ def command(
     host: str | None,
     port: int | None,
     advertise: str | None,
+    endpoint: str | None,
     leader_election: bool,
 ) -> None:
     """Turn queued Buildkite jobs into Kubernetes Jobs (what the dispatcher pod runs).
@@ -56,9 +65,11 @@ def command(
     """
     require_extra(*DISPATCHER_MODULES)
     from stackgen.dispatcher.app import Options, run
-    from stackgen.dispatcher.config import load
+    from stackgen.dispatcher.config import load, with_endpoint
 
     config = load(config_path)
+    if endpoint:
+        config = with_endpoint(config, endpoint, "--endpoint (STACKGEN_BUILDKITE_ENDPOINT)")
     options = Options(
         kubeconfig=kubeconfig,
         identity=identity,

@@ -9,8 +9,9 @@ same rules.  Secrets are never in the file: it names environment variables that 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,13 @@ def load(
     if problems:
         raise ConfigError(problems)
     return config
+
+
+_ENDPOINT = re.compile(r"^https?://\S+$")
+
+
+def with_endpoint(config: DispatcherConfig, endpoint: str, source: str) -> DispatcherConfig:
+    """``config`` talking to another Buildkite agent API (``source``: where it was given)."""
+    if not _ENDPOINT.match(endpoint):
+        raise ConfigError(Problem(source, "", f"not an http(s) URL: {endpoint!r}"))
+    return replace(config, endpoint=endpoint)

@@ -120,3 +120,33 @@ def test_workload_defaults_stack_wide_and_a_queue_may_override_it(tmp_path: Path
         ("builds", "job"),
         ("deploy", "pod"),
     ]
+
+
+def test_endpoint_override_replaces_the_configs_endpoint(tmp_path: Path) -> None:
+    from stackgen.dispatcher.config import with_endpoint
+
+    stack = load_stack(ROOT / "overlays/example")
+    path = tmp_path / "dispatcher.yaml"
+    path.write_text(yaml.safe_dump(dispatcher_config(stack)))
+    config = load(path, environ={"BUILDKITE_AGENT_TOKEN": "x"})
+    assert config.endpoint == "https://agent.buildkite.com/v3"
+    sandbox = "http://fake-buildkite.stackgen-sandbox.svc:8080/v3"
+    changed = with_endpoint(config, sandbox, "--endpoint")
+    assert changed.endpoint == sandbox
+    assert changed.queues == config.queues
+
+
+def test_bad_endpoint_override_fails_at_start(stackgen: Callable[..., Run], tmp_path: Path) -> None:
+    stack = load_stack(ROOT / "overlays/example")
+    path = tmp_path / "dispatcher.yaml"
+    path.write_text(yaml.safe_dump(dispatcher_config(stack)))
+    run = stackgen(
+        "dispatcher",
+        "--config",
+        str(path),
+        env={"BUILDKITE_AGENT_TOKEN": "x", "STACKGEN_BUILDKITE_ENDPOINT": "fake buildkite"},
+    )
+    assert run.code == 1
+    assert run.lines == [
+        "--endpoint (STACKGEN_BUILDKITE_ENDPOINT): not an http(s) URL: 'fake buildkite'"
+    ]
