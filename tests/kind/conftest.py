@@ -79,6 +79,8 @@ class KindStack:
 #: so applying that stack later leaves the fake's pod alone).
 BAD_HOSTS_QUEUE = "kind-badhosts"
 WEBHOOK_QUEUE = "kind-webhook"
+PODSTEPS_QUEUE = "kind-podsteps"
+PODS_QUEUE = "kind-pods"
 #: The queues of the session's stack (one stack, so the fake's pod is never restarted).
 QUEUES = [
     {
@@ -104,6 +106,23 @@ QUEUES = [
         "buffer": 0,
         "dind": True,
         "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 60},
+    },
+    # Its agents run as a ServiceAccount that may run Jobs and Pods (podSteps).
+    {
+        "name": PODSTEPS_QUEUE,
+        "mode": "dispatch",
+        "maxAgents": 1,
+        "buffer": 0,
+        "podSteps": True,
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
+    },
+    # Steps carrying the kubernetes plugin run in the pod they describe, local images only.
+    {
+        "name": PODS_QUEUE,
+        "mode": "exact",
+        "maxAgents": 3,
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
+        "kubernetesPlugin": {"allowedImages": ["stackgen.local/*"]},
     },
     # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
     {
