@@ -76,7 +76,7 @@ path-exclude /usr/share/lintian/*
 path-exclude /usr/share/locale/*
 EOF
     find "$tmp/root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
-    rm -rf "$tmp/root/usr/share/man/"* "$tmp/root/usr/share/info/"* "$tmp/root/usr/share/locale/"*
+    rm -rf "${tmp:?}/root/usr/share/man/"* "${tmp:?}/root/usr/share/info/"* "${tmp:?}/root/usr/share/locale/"*
     find "$tmp/root/var/cache/apt/archives" -name '*.deb' -delete
     cat >"$tmp/root/etc/apt/sources.list" <<EOF
 deb $DEBIAN_MIRROR $DEBIAN_SUITE main
@@ -151,8 +151,8 @@ ensure_rootfs() {
     : >"$tmp/root/etc/resolv.conf"
     # (the .deb cache was mounted over var/cache/apt/archives in the namespace only)
     find "$tmp/root/var/cache/apt/archives" -name '*.deb' -delete
-    rm -rf "$tmp/root/var/lib/apt/lists/"* "$tmp/root/var/cache/apt/"*.bin \
-        "$tmp/root/var/log/"*.log "$tmp/root/var/log/apt/"* "$tmp/root/tmp/"*
+    rm -rf "${tmp:?}/root/var/lib/apt/lists/"* "${tmp:?}/root/var/cache/apt/"*.bin \
+        "${tmp:?}/root/var/log/"*.log "${tmp:?}/root/var/log/apt/"* "${tmp:?}/root/tmp/"*
     tar --numeric-owner -C "$tmp/root" --exclude='./dev/*' --exclude='./proc/*' \
         --exclude='./sys/*' -cf "$tmp/out.tar" .
     mv "$tmp/out.tar" "$out"

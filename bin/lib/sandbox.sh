@@ -30,7 +30,7 @@ sandbox_python() {
 sandbox_layer() {
     local dir=$STATE/sandbox/stack-layer endpoint
     endpoint=$(sandbox_python endpoint)
-    rm -rf "$dir"
+    rm -rf "${dir:?}"
     mkdir -p "$dir"
     cp "$1" "$dir/stack.yaml"
     cat >"$dir/kustomization.yaml" <<EOF

@@ -123,7 +123,7 @@ EOF
     done
     install_bins "$SCRATCH/out" buildkite-agent
     mkdir -p "$TOOLS/src"
-    rm -rf "$TOOLS/src/agent-wrapper"
+    rm -rf "${TOOLS:?}/src/agent-wrapper"
     mv "$work" "$TOOLS/src/agent-wrapper"
 }
 
@@ -336,7 +336,7 @@ run_kube_node() {
     mkdir -p "$KIND_NODE_BIN"
     local b
     for b in "${NODE_BINS[@]}"; do mv -f "$SCRATCH/out/$b" "$KIND_NODE_BIN/$b"; done
-    rm -rf "$TOOLS/src/kube-node-wrapper"
+    rm -rf "${TOOLS:?}/src/kube-node-wrapper"
     mv "$work" "$TOOLS/src/kube-node-wrapper"
 }
 
