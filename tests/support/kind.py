@@ -282,9 +282,10 @@ class Sandbox:
     def __init__(self, cluster: KindCluster) -> None:
         self.cluster = cluster
 
-    def ctl(
+    def _python(
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
+        """``python3 ARGS`` in the fake's container."""
         return self.cluster.kubectl(
             "-n",
             sandbox.NAMESPACE,
@@ -294,11 +295,16 @@ class Sandbox:
             "fake-buildkite",
             "--",
             "python3",
-            "-m",
-            "tests.support.fake_buildkite.ctl",
             *args,
             check=check,
             timeout=timeout,
+        )
+
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return self._python(
+            "-m", "tests.support.fake_buildkite.ctl", *args, check=check, timeout=timeout
         )
 
     def control(self, expression: str) -> Any:
@@ -307,20 +313,7 @@ class Sandbox:
             "import json; from tests.support.fake_buildkite.ctl import FakeControl; "
             f"print(json.dumps(FakeControl('http://127.0.0.1:{sandbox.FAKE_PORT}').{expression}))"
         )
-        proc = self.cluster.kubectl(
-            "-n",
-            sandbox.NAMESPACE,
-            "exec",
-            "deploy/fake-buildkite",
-            "-c",
-            "fake-buildkite",
-            "--",
-            "python3",
-            "-c",
-            code,
-            timeout=60,
-        )
-        return json.loads(proc.stdout)
+        return json.loads(self._python("-c", code).stdout)
 
     def enqueue(self, queue: str, command: str, **fields: Any) -> str:
         args = ["enqueue", "--queue", queue, "--command", command]
