@@ -429,10 +429,13 @@ def _waiting(demand: Demand, memory: QueueMemory) -> list[WaitingJob]:
     return list(demand.jobs) + [r.job for u, r in memory.reserved.items() if u not in listed]
 
 
-#: Buildkite job states in which an agent that has not started has nothing left to do.
-DONE_STATES = frozenset(
-    {"canceling", "canceled", "finished", "timing_out", "timed_out", "skipped", "broken", "expired"}
-)
+#: Buildkite job states that end a job no agent ran (or one canceled): an agent that has
+#: not started has nothing left to do.  Not ``finished``, ``timing_out`` or ``timed_out``:
+#: Buildkite reaches those only through an agent running the job, and in exact mode only
+#: the Job's own agent can have run it, so its Job merely has a ``status`` that has not
+#: counted the pod yet (a busy Job controller updates it seconds late).  That Job is left
+#: to its ``ttlSecondsAfterFinished``.
+CANCELED_STATES = frozenset({"canceling", "canceled", "expired", "skipped", "broken"})
 
 
 def unstarted_exact_jobs(jobs: Iterable[JobView]) -> list[JobView]:
@@ -443,10 +446,11 @@ def unstarted_exact_jobs(jobs: Iterable[JobView]) -> list[JobView]:
 def cancelled_jobs(
     queue: DispatchedQueue, jobs: Iterable[JobView], states: dict[str, str]
 ) -> list[DeleteJob]:
-    """Delete the unstarted Jobs of Buildkite jobs that ended without them (canceled, …).
+    """Delete the unstarted Jobs of Buildkite jobs canceled (or ended unrun) meanwhile.
 
     An agent already running its job is told by Buildkite itself (it polls its job's
-    state and stops), so only Jobs whose pods have not started are deleted.
+    state and stops), so only Jobs whose pods have not started are deleted, and never
+    for a job Buildkite says ran (:data:`CANCELED_STATES`).
     """
     return [
         DeleteJob(
@@ -456,7 +460,7 @@ def cancelled_jobs(
             cause="canceled",
         )
         for job in unstarted_exact_jobs(jobs)
-        if job.buildkite_job and states.get(job.buildkite_job) in DONE_STATES
+        if job.buildkite_job and states.get(job.buildkite_job) in CANCELED_STATES
     ]
 
 

@@ -110,6 +110,33 @@ def test_a_canceled_job_loses_its_unstarted_job_and_only_that(
     assert [r for r in buildkite.requests if r.route == "get_job_states"] == states
 
 
+@pytest.mark.parametrize("state", ["finished", "timing_out", "timed_out"])
+def test_a_job_that_ran_keeps_its_job_when_the_job_status_lags(
+    dispatcher: Dispatcher,
+    buildkite: FakeBuildkite,
+    kube: FakeKube,
+    clock: VirtualClock,
+    state: str,
+) -> None:
+    """bench/e2e exact rows deleted 26-48 Jobs "of a canceled Buildkite job" whose agents
+    had run their jobs to the end: a throttled Job controller had not yet counted the pod
+    in the Job's status.  Buildkite reaches these states only through an agent running
+    the job, so the Job stays (its TTL collects it)."""
+    ran, canceled, expired = buildkite.add_jobs("deploy", 3)
+    dispatcher.run_cycle("poll")
+    assert all(job_of(kube, u) is not None for u in (ran, canceled, expired))
+    # The Jobs' status is still empty: no pod counted as started, ready or done.
+    buildkite.set_job_state(ran, state)
+    buildkite.set_job_state(canceled, "canceling")
+    buildkite.set_job_state(expired, "expired")
+    clock.advance(6)
+    dispatcher.run_cycle("poll")
+    assert job_of(kube, ran) is not None
+    assert job_of(kube, canceled) is None and job_of(kube, expired) is None
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": "canceled"}) == 2
+
+
 # -------------------------------------------------------------- pods that never start: why
 
 
