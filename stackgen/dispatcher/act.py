@@ -47,6 +47,8 @@ from stackgen.dispatcher.planner import (
     Reservation,
     WaitingJob,
     WarnQueue,
+    refusal,
+    refusal_window,
 )
 from stackgen.dispatcher.pods import exact_pod_name, group_of, job_to_pods, our_pods
 from stackgen.dispatcher.steps import StepRefused, step_job_maker
@@ -144,6 +146,7 @@ class Actor:
                 self._create, [(b, report) for b in bodies], CREATE_CONCURRENCY
             ):
                 if isinstance(result, Raised):
+                    self._refused_dispatch(queue, result.error, log)
                     raise result.error  # the pods that were created count as supply
             report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
@@ -274,7 +277,7 @@ class Actor:
         try:
             tokens = self._reserve_and_issue(queue, key, creates, demand, memory, log)
             started = [(a, tokens[a.buildkite_job]) for a in creates if a.buildkite_job in tokens]
-            done, first_error = self._create_all(queue, started, make, memory, report)
+            done, first_error = self._create_all(queue, started, make, memory, report, log)
         finally:
             self.metrics.reserved.labels(queue.name).set(len(memory.reserved))
         scheduled_at = {w.uuid: w.scheduled_at for w in demand.jobs}
@@ -283,6 +286,7 @@ class Actor:
         for action in done:
             uuid = action.buildkite_job or ""
             memory.just_dispatched[uuid] = self.clock()
+            memory.refused.pop(uuid, None)
             memory.reserved.pop(uuid, None)
             report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc()
@@ -359,6 +363,7 @@ class Actor:
         make: Callable[[CreateJob], list[JSON]],
         memory: QueueMemory,
         report: QueueReport,
+        log: Any,
     ) -> tuple[list[CreateJob], KubeError | BuildkiteError | None]:
         """Each Job and its token Secret, CREATE_CONCURRENCY at a time."""
 
@@ -376,6 +381,10 @@ class Actor:
                 self.pending[action.name] = PendingSecret(queue.name, uuid, body, token)
                 memory.just_dispatched[uuid] = self.clock()  # it may exist: no second Job
                 raise
+            except KubeError as exc:
+                if self._refused(queue, action, body, exc, memory, log):
+                    return None  # failed on Buildkite with the reason
+                raise
             self._secure(body, created, token)
             return action
 
@@ -389,6 +398,68 @@ class Actor:
             elif result is not None:
                 done.append(result)
         return done, first_error
+
+    def _refused(
+        self,
+        queue: DispatchedQueue,
+        action: CreateJob,
+        body: JSON,
+        exc: KubeError,
+        memory: QueueMemory,
+        log: Any,
+    ) -> bool:
+        """An exact-mode create the API server refused: whether its job was failed for it.
+
+        A final refusal (an admission webhook, PodSecurity, a LimitRange, an invalid pod)
+        fails the job at once: the same pod would be refused again.  A transient one (a
+        ResourceQuota exceeded) is retried with the queue's backoff, noted once on the
+        job's timeline, and fails the job once it has lasted :func:`refusal_window`, as
+        the Job path fails a Job whose pods the Job controller cannot create.
+        """
+        kind = refusal(str(exc), exc.status)
+        uuid = action.buildkite_job
+        if kind is None or not uuid:
+            return False
+        self.metrics.creates_refused.labels(queue.name, kind).inc()
+        what = "agent pod" if body.get("kind") == "Pod" else "Job"
+        now = self.clock()
+        first = memory.refused.setdefault(uuid, now)
+        window = refusal_window(queue)
+        if kind == "transient" and now - first < window:
+            log.warning(
+                "Kubernetes refused an agent's create; retrying",
+                buildkite_job=uuid,
+                name=body["metadata"]["name"],
+                reason=str(exc),
+                retrying_for=round(window - (now - first)),
+            )
+            if first == now:
+                key, _ = self.stacks.key(queue)
+                detail = f"stackgen: Kubernetes refused the {what} (retrying for up to "
+                self._notify(key, [(uuid, f"{detail}{window:.0f}s): {exc}")], log)
+            return False
+        lasted = f" for {now - first:.0f}s" if kind == "transient" else ""
+        detail = f"stackgen: Kubernetes refused the {what}{lasted}: {exc}"
+        self._fail(queue, FailJob(queue.name, uuid, detail), log)
+        memory.given_up.add(uuid)
+        memory.reserved.pop(uuid, None)
+        memory.refused.pop(uuid, None)
+        return True
+
+    def _refused_dispatch(self, queue: DispatchedQueue, error: BaseException, log: Any) -> None:
+        """Dispatch mode: a refused create fails no Buildkite job (none waits for one agent).
+
+        Counted and logged as an error; the queue is retried with its backoff.
+        """
+        kind = refusal(str(error), error.status) if isinstance(error, KubeError) else None
+        if kind is None:
+            return
+        self.metrics.creates_refused.labels(queue.name, kind).inc()
+        log.error(
+            "Kubernetes refused this queue's agents; retrying with backoff",
+            reason=str(error),
+            refusal=kind,
+        )
 
     def _secure(self, body: JSON, created: JSON, token: AcquisitionToken) -> None:
         """The Job's token Secret, owned by the Job (its uid from what the API returned)."""

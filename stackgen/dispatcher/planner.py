@@ -123,6 +123,9 @@ class QueueMemory:
     reserved: dict[str, Reservation] = field(default_factory=dict)
     #: Buildkite jobs given up on (finished with a reason): never dispatched again.
     given_up: set[str] = field(default_factory=set)
+    #: Exact mode: Buildkite job -> when the API server first refused its pod (or Job)
+    #: for a reason that may pass (a ResourceQuota exceeded); see :func:`refusal`.
+    refused: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,46 @@ def reason_code(waiting_reason: str | None) -> str:
     if not waiting_reason:
         return "unknown"
     return waiting_reason.split(":", 1)[0].strip() or "unknown"
+
+
+#: Refusals that may pass without anyone changing the pod: quota usage falls as pods
+#: end; a ServiceAccount may be created in a moment.
+TRANSIENT_REFUSALS = ("exceeded quota", "error looking up service account")
+
+Refusal = Literal["final", "transient"]
+
+
+def refusal(message: str | None, status: int | None = None) -> Refusal | None:
+    """How the API server refused to create an agent pod (or Job), from its answer.
+
+    ``message``: the create's error (``status`` 403 or 422), or a Job's ``FailedCreate``
+    reason (no status: the Job controller's create was refused).  ``transient``: it may
+    pass by itself (:data:`TRANSIENT_REFUSALS`).  ``final``: the same pod is refused
+    again until someone changes it or the policy (an admission webhook, PodSecurity, a
+    LimitRange, an invalid pod).  None: not a refusal of the pod (the dispatcher's own
+    RBAC, ``cannot create resource``, is its configuration; anything else is a fault).
+    """
+    if not message or (status is not None and status not in (400, 403, 422)):
+        return None
+    text = message.lower()
+    if "cannot create resource" in text:
+        return None
+    if any(t in text for t in TRANSIENT_REFUSALS):
+        return "transient"
+    if status == 422 or " is invalid" in text or "denied the request" in text:
+        return "final"
+    if status == 403 or "forbidden" in text:
+        return "final"
+    return None
+
+
+def refusal_window(queue: DispatchedQueue) -> float:
+    """How long a job waits out a transient refusal before it is failed.
+
+    As long as the Job path takes: its Job is deleted after the pod start timeout, a
+    second Job gets as long again, then the job is failed.
+    """
+    return 2 * queue.dispatch.pod_start_timeout_seconds
 
 
 def _stuck_delete(job: JobView, queue: DispatchedQueue, reason: str) -> DeleteJob:
@@ -366,7 +409,8 @@ def _plan_exact(
             plan.actions.append(_stuck_delete(job, queue, reason))
             attempts = memory.stuck_attempts.get(job.buildkite_job, 0) + 1
             memory.stuck_attempts[job.buildkite_job] = attempts
-            if attempts >= 2:
+            # A pod refused for good (a webhook, PodSecurity, ...) would be refused again.
+            if attempts >= 2 or _refused_for_good(job):
                 plan.actions.append(FailJob(queue.name, job.buildkite_job, reason))
                 memory.given_up.add(job.buildkite_job)
             else:
@@ -408,6 +452,13 @@ def _plan_exact(
     return plan
 
 
+def _refused_for_good(job: JobView) -> bool:
+    """The Job's pods were never created, and for a reason that will not pass."""
+    return reason_code(job.waiting_reason) == "FailedCreate" and refusal(job.waiting_reason) == (
+        "final"
+    )
+
+
 def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, now: float) -> None:
     """Forget what a listing now shows, or what has lapsed.
 
@@ -421,6 +472,9 @@ def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, 
     for uuid, reservation in list(memory.reserved.items()):
         if uuid in seen or uuid in memory.just_dispatched or now >= reservation.until:
             del memory.reserved[uuid]
+    for uuid, at in list(memory.refused.items()):
+        if uuid in seen or now - at > refusal_window(queue) + 600:  # long gone
+            del memory.refused[uuid]
 
 
 def _waiting(demand: Demand, memory: QueueMemory) -> list[WaitingJob]:

@@ -164,6 +164,28 @@ def test_quota_forbidding_the_pod_is_the_reason_buildkite_is_told(
     )
 
 
+def test_a_job_whose_pods_a_webhook_refuses_is_failed_without_a_second_job(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A refusal that will not pass is not retried (as with workload: pod, where the
+    create itself is refused and the job fails at once)."""
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    dispatcher.run_cycle("poll")
+    name = job_of(kube, uuid)
+    assert name is not None
+    denied = 'admission webhook "policy.example.com" denied the request: images must be signed'
+    kube.add_event("Job", name, "FailedCreate", f"Error creating: {denied}")
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert not [n for n in buildkite.notifications if "retrying" in n["detail"]]
+    (finished,) = buildkite.finished
+    assert finished["job_uuid"] == uuid and denied in finished["detail"]
+    assert not kube.objects["jobs"]
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert not kube.objects["jobs"]
+
+
 def test_dispatch_mode_names_the_kubernetes_reason_in_its_log_and_metrics(
     log_stream: io.StringIO,
     dispatcher: Dispatcher,
