@@ -8,8 +8,11 @@ counting, pods that never start, canceled jobs, TTL collection, kept failed pods
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -546,3 +549,58 @@ def test_dispatch_mode_counts_and_logs_a_refusal_and_keeps_backing_off(
     kube.clear_faults("create_pod")
     run_until(dispatcher, clock, "builds", due + 1)
     assert len(pods_of(kube, "builds")) == 3
+
+
+# ------------------------------------------------- collection by a new leader
+
+
+def finished_pod(name: str, ended: float, ttl: int = 60) -> dict[str, Any]:
+    stamp = dt.datetime.fromtimestamp(ended, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"stackgen.io/workload": "pod"},
+            "annotations": {"stackgen.io/queue": "deploy", ANNOTATION_TTL: str(ttl)},
+            "creationTimestamp": stamp,
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"finishedAt": stamp}}}],
+        },
+    }
+
+
+def test_a_new_leader_collects_finished_pods_at_once(api: AgentAPI) -> None:
+    """Nothing collects agent pods while no dispatcher leads: whoever takes the lead
+    (a fresh replica, or one that led before) collects at its next turn, not after
+    the 10 s housekeeping period."""
+    kube = FakeKube()
+    kube.add("cronjobs", cronjob_template(TEMPLATE, "deploy"))
+    leading = {"now": True}
+    dispatcher = Dispatcher(from_dict(pod_config()), api, kube, is_leader=lambda: leading["now"])
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        kube.add("pods", finished_pod("old", time.time() - 3600))
+        assert wait(lambda: "old" not in kube.objects["pods"], 5), "a fresh leader"
+        leading["now"] = False
+        dispatcher.on_leadership(False)
+        kube.add("pods", finished_pod("during", time.time() - 3600))
+        time.sleep(1.5)
+        assert "during" in kube.objects["pods"]  # followers collect nothing
+        leading["now"] = True
+        dispatcher.on_leadership(True)
+        assert wait(lambda: "during" not in kube.objects["pods"], 5), "a leader again"
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def wait(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()  # type: ignore[no-any-return]
