@@ -242,8 +242,13 @@ def reason_code(waiting_reason: str | None) -> str:
 
 
 #: Refusals that may pass without anyone changing the pod: quota usage falls as pods
-#: end; a ServiceAccount may be created in a moment.
-TRANSIENT_REFUSALS = ("exceeded quota", "error looking up service account")
+#: end; a new quota's usage is known once the quota controller has counted it; a
+#: ServiceAccount may be created in a moment.
+TRANSIENT_REFUSALS = (
+    "exceeded quota",
+    "status unknown for quota",
+    "error looking up service account",
+)
 
 Refusal = Literal["final", "transient"]
 

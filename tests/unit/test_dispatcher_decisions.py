@@ -210,6 +210,12 @@ def test_a_buildkite_job_can_ask_to_keep_its_pod(
             403,
             "transient",
         ),
+        (
+            'pods "a" is forbidden: status unknown for quota: compute, resource: pods',
+            403,
+            "transient",
+        ),
+        ('pods "a" is forbidden: failed quota: compute: must specify limits.cpu', 403, "final"),
         ('admission webhook "p.example.com" denied the request: unsigned', 403, "final"),
         ('admission webhook "p.example.com" denied the request: unsigned', 400, "final"),
         (
