@@ -47,10 +47,9 @@ from stackgen.dispatcher.planner import (
     Reservation,
     WaitingJob,
     WarnQueue,
-    refusal,
-    refusal_window,
 )
 from stackgen.dispatcher.pods import exact_pod_name, group_of, job_to_pods, our_pods
+from stackgen.dispatcher.refusals import decide, dispatch_refused, refusal_window
 from stackgen.dispatcher.steps import StepRefused, step_job_maker
 
 #: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
@@ -146,7 +145,7 @@ class Actor:
                 self._create, [(b, report) for b in bodies], CREATE_CONCURRENCY
             ):
                 if isinstance(result, Raised):
-                    self._refused_dispatch(queue, result.error, log)
+                    dispatch_refused(self.metrics, queue.name, result.error, log)
                     raise result.error  # the pods that were created count as supply
             report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
@@ -408,58 +407,30 @@ class Actor:
         memory: QueueMemory,
         log: Any,
     ) -> bool:
-        """An exact-mode create the API server refused: whether its job was failed for it.
-
-        A final refusal (an admission webhook, PodSecurity, a LimitRange, an invalid pod)
-        fails the job at once: the same pod would be refused again.  A transient one (a
-        ResourceQuota exceeded) is retried with the queue's backoff, noted once on the
-        job's timeline, and fails the job once it has lasted :func:`refusal_window`, as
-        the Job path fails a Job whose pods the Job controller cannot create.
-        """
-        kind = refusal(str(exc), exc.status)
-        uuid = action.buildkite_job
-        if kind is None or not uuid:
-            return False
-        self.metrics.creates_refused.labels(queue.name, kind).inc()
+        """An exact-mode create the API server refused: whether its job was failed for it."""
+        uuid, now = action.buildkite_job, self.clock()
         what = "agent pod" if body.get("kind") == "Pod" else "Job"
-        now = self.clock()
-        first = memory.refused.setdefault(uuid, now)
-        window = refusal_window(queue)
-        if kind == "transient" and now - first < window:
+        first = memory.refused.get(uuid or "", now)
+        decision = decide(exc, what, first, now, refusal_window(queue)) if uuid else None
+        if decision is None or not uuid:
+            return False
+        self.metrics.creates_refused.labels(queue.name, decision.kind).inc()
+        memory.refused[uuid] = first
+        if not decision.fail:
             log.warning(
-                "Kubernetes refused an agent's create; retrying",
+                "Kubernetes refused a create; retrying",
                 buildkite_job=uuid,
                 name=body["metadata"]["name"],
                 reason=str(exc),
-                retrying_for=round(window - (now - first)),
             )
-            if first == now:
-                key, _ = self.stacks.key(queue)
-                detail = f"stackgen: Kubernetes refused the {what} (retrying for up to "
-                self._notify(key, [(uuid, f"{detail}{window:.0f}s): {exc}")], log)
+            if first == now:  # noted once, not at every retry
+                self._notify(self.stacks.key(queue)[0], [(uuid, decision.detail)], log)
             return False
-        lasted = f" for {now - first:.0f}s" if kind == "transient" else ""
-        detail = f"stackgen: Kubernetes refused the {what}{lasted}: {exc}"
-        self._fail(queue, FailJob(queue.name, uuid, detail), log)
+        self._fail(queue, FailJob(queue.name, uuid, decision.detail), log)
         memory.given_up.add(uuid)
         memory.reserved.pop(uuid, None)
         memory.refused.pop(uuid, None)
         return True
-
-    def _refused_dispatch(self, queue: DispatchedQueue, error: BaseException, log: Any) -> None:
-        """Dispatch mode: a refused create fails no Buildkite job (none waits for one agent).
-
-        Counted and logged as an error; the queue is retried with its backoff.
-        """
-        kind = refusal(str(error), error.status) if isinstance(error, KubeError) else None
-        if kind is None:
-            return
-        self.metrics.creates_refused.labels(queue.name, kind).inc()
-        log.error(
-            "Kubernetes refused this queue's agents; retrying with backoff",
-            reason=str(error),
-            refusal=kind,
-        )
 
     def _secure(self, body: JSON, created: JSON, token: AcquisitionToken) -> None:
         """The Job's token Secret, owned by the Job (its uid from what the API returned)."""

@@ -43,7 +43,7 @@ WEBHOOK_RESULTS = (
 )
 #: Why the dispatcher deleted a Job.
 DELETE_REASONS = ("not-started", "canceled")
-#: How the API server refused a create (planner.refusal).
+#: How the API server refused a create (refusals.refusal).
 REFUSALS = ("transient", "final")
 
 

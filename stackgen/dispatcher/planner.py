@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stackgen.common.models import DispatchedQueue
+from stackgen.dispatcher.refusals import refusal, refusal_window
 
 #: Job names must stay label-safe (<= 63 characters).
 MAX_NAME = 63
@@ -239,51 +240,6 @@ def reason_code(waiting_reason: str | None) -> str:
     if not waiting_reason:
         return "unknown"
     return waiting_reason.split(":", 1)[0].strip() or "unknown"
-
-
-#: Refusals that may pass without anyone changing the pod: quota usage falls as pods
-#: end; a new quota's usage is known once the quota controller has counted it; a
-#: ServiceAccount may be created in a moment.
-TRANSIENT_REFUSALS = (
-    "exceeded quota",
-    "status unknown for quota",
-    "error looking up service account",
-)
-
-Refusal = Literal["final", "transient"]
-
-
-def refusal(message: str | None, status: int | None = None) -> Refusal | None:
-    """How the API server refused to create an agent pod (or Job), from its answer.
-
-    ``message``: the create's error (``status`` 403 or 422), or a Job's ``FailedCreate``
-    reason (no status: the Job controller's create was refused).  ``transient``: it may
-    pass by itself (:data:`TRANSIENT_REFUSALS`).  ``final``: the same pod is refused
-    again until someone changes it or the policy (an admission webhook, PodSecurity, a
-    LimitRange, an invalid pod).  None: not a refusal of the pod (the dispatcher's own
-    RBAC, ``cannot create resource``, is its configuration; anything else is a fault).
-    """
-    if not message or (status is not None and status not in (400, 403, 422)):
-        return None
-    text = message.lower()
-    if "cannot create resource" in text:
-        return None
-    if any(t in text for t in TRANSIENT_REFUSALS):
-        return "transient"
-    if status == 422 or " is invalid" in text or "denied the request" in text:
-        return "final"
-    if status == 403 or "forbidden" in text:
-        return "final"
-    return None
-
-
-def refusal_window(queue: DispatchedQueue) -> float:
-    """How long a job waits out a transient refusal before it is failed.
-
-    As long as the Job path takes: its Job is deleted after the pod start timeout, a
-    second Job gets as long again, then the job is failed.
-    """
-    return 2 * queue.dispatch.pod_start_timeout_seconds
 
 
 def _stuck_delete(job: JobView, queue: DispatchedQueue, reason: str) -> DeleteJob:

@@ -18,7 +18,7 @@ from stackgen.buildkite import AgentAPI
 from stackgen.common import logs
 from stackgen.dispatcher.config import from_dict
 from stackgen.dispatcher.cycle import Dispatcher
-from stackgen.dispatcher.planner import refusal
+from stackgen.dispatcher.refusals import refusal
 from tests.support.dispatcher_config import TOKEN, config_dict
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
 from tests.support.fake_kube import FakeKube, cronjob_template
