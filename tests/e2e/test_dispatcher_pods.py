@@ -235,7 +235,9 @@ def test_a_pod_refused_for_good_fails_its_job_at_once_and_a_job_without_a_retry(
             """
         )
     )
-    processes.append(DispatcherProcess(cluster, stack, "pods-refused", tmp_path))
+    dispatcher = DispatcherProcess(cluster, stack, "pods-refused", tmp_path)
+    processes.append(dispatcher)
+    wait_for(lambda: dispatcher.metric("stackgen_cycles_total"), timeout=60, ignore=(Exception,))
     (by_pod,) = fake.add_jobs("refused", 1)
     (by_job,) = fake.add_jobs("refusedjob", 1)
     added = time.time()
@@ -281,7 +283,9 @@ def test_a_pod_refused_by_a_quota_waits_as_long_as_a_job_would_then_fails(
             """
         )
     )
-    processes.append(DispatcherProcess(cluster, stack, "pods-quota", tmp_path))
+    dispatcher = DispatcherProcess(cluster, stack, "pods-quota", tmp_path)
+    processes.append(dispatcher)
+    wait_for(lambda: dispatcher.metric("stackgen_cycles_total"), timeout=60, ignore=(Exception,))
     (uuid,) = fake.add_jobs("quota", 1)
     added = time.time()
     note = wait_for(
