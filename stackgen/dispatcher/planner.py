@@ -415,9 +415,9 @@ def _plan_exact(
 
 def _refused_for_good(job: JobView) -> bool:
     """The Job's pods were never created, and for a reason that will not pass."""
-    return reason_code(job.waiting_reason) == "FailedCreate" and refusal(job.waiting_reason) == (
-        "final"
-    )
+    if reason_code(job.waiting_reason) != "FailedCreate":
+        return False
+    return refusal(job.waiting_reason) == "final"
 
 
 def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, now: float) -> None:
