@@ -299,6 +299,10 @@ def job_views(
         status = job.get("status") or {}
         name = meta["name"]
         ready = status.get("ready")
+        # A pod that ended is first listed here, then counted in a later status update
+        # (seconds later when the Job controller is throttled): count it at once, or the
+        # Job looks as if no pod ever started.
+        uncounted = status.get("uncountedTerminatedPods") or {}
         views.append(
             JobView(
                 name=name,
@@ -306,8 +310,8 @@ def job_views(
                 dispatch_id=labels.get(LABEL_DISPATCH_ID, ""),
                 created_at=parse_time(meta.get("creationTimestamp")),
                 completions=int(spec.get("completions") or spec.get("parallelism") or 1),
-                succeeded=int(status.get("succeeded") or 0),
-                failed=int(status.get("failed") or 0),
+                succeeded=int(status.get("succeeded") or 0) + len(uncounted.get("succeeded") or ()),
+                failed=int(status.get("failed") or 0) + len(uncounted.get("failed") or ()),
                 ready=int(ready) if ready is not None else ready_pods.get(name, 0),
                 finished=_condition(job, "Complete") or _condition(job, "Failed"),
                 buildkite_job=labels.get(LABEL_BUILDKITE_JOB),

@@ -137,6 +137,33 @@ def test_a_job_that_ran_keeps_its_job_when_the_job_status_lags(
     assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": "canceled"}) == 2
 
 
+def test_a_pod_the_job_controller_has_not_counted_yet_is_a_started_pod(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A pod that ended sits in ``status.uncountedTerminatedPods`` until the Job
+    controller counts it, seconds later when it is throttled (bench/e2e at load 18: 12
+    Jobs whose agents had run were deleted as "did not start within 30s" that way).
+    Neither the stuck path nor the cancel path may take such a Job for unstarted."""
+    stuck, canceled = buildkite.add_jobs("deploy", 2)
+    dispatcher.run_cycle("poll")
+    names = [job_of(kube, uuid) for uuid in (stuck, canceled)]
+    for uuid, name in zip((stuck, canceled), names, strict=True):
+        assert name is not None
+        kube.objects["jobs"][name]["status"] = {
+            "active": 0,
+            "ready": 0,
+            "uncountedTerminatedPods": {"succeeded": [f"uid-of-{uuid}"]},
+        }
+    buildkite.set_job_state(canceled, "finished")
+    clock.advance(301)  # past the pod start timeout (300 s)
+    dispatcher.run_cycle("poll")
+    assert sorted(kube.objects["jobs"]) == sorted(n for n in names if n)  # the same two
+    assert not buildkite.notifications[2:] and not buildkite.finished  # 2: "Job created"
+    value = dispatcher.metrics.registry.get_sample_value
+    for reason in ("not-started", "canceled"):
+        assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": reason}) == 0
+
+
 # -------------------------------------------------------------- pods that never start: why
 
 
