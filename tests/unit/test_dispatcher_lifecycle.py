@@ -164,6 +164,30 @@ def test_a_pod_the_job_controller_has_not_counted_yet_is_a_started_pod(
         assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": reason}) == 0
 
 
+def test_a_pod_that_ended_before_its_job_says_so_is_a_started_pod(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """Near the pod start timeout the pods are read: their own phase counts even when the
+    Job's status has not moved at all yet."""
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    dispatcher.run_cycle("poll")
+    name = job_of(kube, uuid)
+    assert name is not None
+    job = kube.objects["jobs"][name]
+    job["status"] = {"active": 1, "ready": 0}
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": name}
+    kube.add(
+        "pods",
+        {"metadata": {"name": f"{name}-x", "labels": labels}, "status": {"phase": "Succeeded"}},
+    )
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert name in kube.objects["jobs"]
+    assert not buildkite.finished and not [
+        n for n in buildkite.notifications if "retrying" in n["detail"]
+    ]
+
+
 # -------------------------------------------------------------- pods that never start: why
 
 
