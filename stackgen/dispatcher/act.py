@@ -49,6 +49,7 @@ from stackgen.dispatcher.planner import (
     WarnQueue,
 )
 from stackgen.dispatcher.pods import exact_pod_name, group_of, job_to_pods, our_pods
+from stackgen.dispatcher.refusals import decide, dispatch_refused, refusal_window
 from stackgen.dispatcher.steps import StepRefused, step_job_maker
 
 #: Exact-mode Jobs (and their token Secrets) created at once: a fan-out of hundreds of
@@ -144,6 +145,7 @@ class Actor:
                 self._create, [(b, report) for b in bodies], CREATE_CONCURRENCY
             ):
                 if isinstance(result, Raised):
+                    dispatch_refused(self.metrics, queue.name, result.error, log)
                     raise result.error  # the pods that were created count as supply
             report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc(action.parallelism)
@@ -274,7 +276,7 @@ class Actor:
         try:
             tokens = self._reserve_and_issue(queue, key, creates, demand, memory, log)
             started = [(a, tokens[a.buildkite_job]) for a in creates if a.buildkite_job in tokens]
-            done, first_error = self._create_all(queue, started, make, memory, report)
+            done, first_error = self._create_all(queue, started, make, memory, report, log)
         finally:
             self.metrics.reserved.labels(queue.name).set(len(memory.reserved))
         scheduled_at = {w.uuid: w.scheduled_at for w in demand.jobs}
@@ -283,6 +285,7 @@ class Actor:
         for action in done:
             uuid = action.buildkite_job or ""
             memory.just_dispatched[uuid] = self.clock()
+            memory.refused.pop(uuid, None)
             memory.reserved.pop(uuid, None)
             report.done.append(action.name)
             self.metrics.agents_dispatched.labels(queue.name, queue.mode).inc()
@@ -359,6 +362,7 @@ class Actor:
         make: Callable[[CreateJob], list[JSON]],
         memory: QueueMemory,
         report: QueueReport,
+        log: Any,
     ) -> tuple[list[CreateJob], KubeError | BuildkiteError | None]:
         """Each Job and its token Secret, CREATE_CONCURRENCY at a time."""
 
@@ -376,6 +380,10 @@ class Actor:
                 self.pending[action.name] = PendingSecret(queue.name, uuid, body, token)
                 memory.just_dispatched[uuid] = self.clock()  # it may exist: no second Job
                 raise
+            except KubeError as exc:
+                if self._refused(queue, action, body, exc, memory, log):
+                    return None  # failed on Buildkite with the reason
+                raise
             self._secure(body, created, token)
             return action
 
@@ -389,6 +397,40 @@ class Actor:
             elif result is not None:
                 done.append(result)
         return done, first_error
+
+    def _refused(
+        self,
+        queue: DispatchedQueue,
+        action: CreateJob,
+        body: JSON,
+        exc: KubeError,
+        memory: QueueMemory,
+        log: Any,
+    ) -> bool:
+        """An exact-mode create the API server refused: whether its job was failed for it."""
+        uuid, now = action.buildkite_job, self.clock()
+        what = "agent pod" if body.get("kind") == "Pod" else "Job"
+        first = memory.refused.get(uuid or "", now)
+        decision = decide(exc, what, first, now, refusal_window(queue)) if uuid else None
+        if decision is None or not uuid:
+            return False
+        self.metrics.creates_refused.labels(queue.name, decision.kind).inc()
+        memory.refused[uuid] = first
+        if not decision.fail:
+            log.warning(
+                "Kubernetes refused a create; retrying",
+                buildkite_job=uuid,
+                name=body["metadata"]["name"],
+                reason=str(exc),
+            )
+            if first == now:  # noted once, not at every retry
+                self._notify(self.stacks.key(queue)[0], [(uuid, decision.detail)], log)
+            return False
+        self._fail(queue, FailJob(queue.name, uuid, decision.detail), log)
+        memory.given_up.add(uuid)
+        memory.reserved.pop(uuid, None)
+        memory.refused.pop(uuid, None)
+        return True
 
     def _secure(self, body: JSON, created: JSON, token: AcquisitionToken) -> None:
         """The Job's token Secret, owned by the Job (its uid from what the API returned)."""

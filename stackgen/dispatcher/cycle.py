@@ -140,10 +140,13 @@ class Dispatcher:
     def on_leadership(self, leader: bool) -> None:
         """React to a leadership change.
 
-        A new leader looks at once (counted as ``trigger="leadership"``); one that lost the
-        lead forgets what it knew (its successor rebuilds it from the Jobs).
+        A new leader looks at once (counted as ``trigger="leadership"``) and does its
+        housekeeping at its next turn (finished agent pods are collected by nobody while no
+        dispatcher leads); one that lost the lead forgets what it knew (its successor
+        rebuilds it from the Jobs).
         """
         if leader:
+            self._last_keep = 0.0
             self.trigger(source="leadership")
         else:
             self.forget_state()

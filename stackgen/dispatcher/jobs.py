@@ -278,6 +278,8 @@ def job_views(
     """Our Jobs (and why their pods wait) as the planner sees them."""
     waiting: dict[str, str] = {}
     ready_pods: dict[str, int] = {}
+    #: Owner -> pods by phase (Succeeded, Failed): the pods' own word, ahead of the Job's.
+    ended: dict[tuple[str, str], int] = {}
     for pod in pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
         owner = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
@@ -285,6 +287,9 @@ def job_views(
             continue
         if _pod_ready(pod):
             ready_pods[owner] = ready_pods.get(owner, 0) + 1
+        phase = str((pod.get("status") or {}).get("phase"))
+        if phase in ("Succeeded", "Failed"):
+            ended[owner, phase] = ended.get((owner, phase), 0) + 1
         reason = pod_waiting_reason(pod)
         if reason and owner not in waiting:
             waiting[owner] = reason
@@ -298,7 +303,13 @@ def job_views(
         spec = job.get("spec") or {}
         status = job.get("status") or {}
         name = meta["name"]
-        ready = status.get("ready")
+        # A throttled Job controller updates the status seconds late: a pod that ended is
+        # first only in uncountedTerminatedPods, and a pod's own phase (read when pods are
+        # listed) comes before both.  Each is a lower bound: take the highest, or a Job
+        # whose agent ran looks as if no pod ever started.
+        uncounted = status.get("uncountedTerminatedPods") or {}
+        succeeded = int(status.get("succeeded") or 0) + len(uncounted.get("succeeded") or ())
+        failed = int(status.get("failed") or 0) + len(uncounted.get("failed") or ())
         views.append(
             JobView(
                 name=name,
@@ -306,9 +317,9 @@ def job_views(
                 dispatch_id=labels.get(LABEL_DISPATCH_ID, ""),
                 created_at=parse_time(meta.get("creationTimestamp")),
                 completions=int(spec.get("completions") or spec.get("parallelism") or 1),
-                succeeded=int(status.get("succeeded") or 0),
-                failed=int(status.get("failed") or 0),
-                ready=int(ready) if ready is not None else ready_pods.get(name, 0),
+                succeeded=max(succeeded, ended.get((name, "Succeeded"), 0)),
+                failed=max(failed, ended.get((name, "Failed"), 0)),
+                ready=max(int(status.get("ready") or 0), ready_pods.get(name, 0)),
                 finished=_condition(job, "Complete") or _condition(job, "Failed"),
                 buildkite_job=labels.get(LABEL_BUILDKITE_JOB),
                 attempt=int(labels.get(LABEL_ATTEMPT, "1") or 1),

@@ -43,6 +43,8 @@ WEBHOOK_RESULTS = (
 )
 #: Why the dispatcher deleted a Job.
 DELETE_REASONS = ("not-started", "canceled")
+#: How the API server refused a create (refusals.refusal).
+REFUSALS = ("transient", "final")
 
 
 class Metrics:
@@ -133,6 +135,14 @@ class Metrics:
             ["queue", "reason"],
             registry=r,
         )
+        self.creates_refused = Counter(
+            "stackgen_creates_refused_total",
+            "Creates of an agent pod or Job the API server refused (403/422: a ResourceQuota, "
+            "an admission webhook, PodSecurity, an invalid pod): transient ones are retried, "
+            "final ones fail their Buildkite job at once (exact mode).",
+            ["queue", "refusal"],
+            registry=r,
+        )
         self.jobs_failed = Counter(
             "stackgen_buildkite_jobs_failed_total",
             "Buildkite jobs finished as failed because no pod could start for them.",
@@ -189,6 +199,8 @@ class Metrics:
                 counter.labels(queue.name)
             for reason in DELETE_REASONS:
                 self.jobs_deleted.labels(queue.name, reason)
+            for kind in REFUSALS:
+                self.creates_refused.labels(queue.name, kind)
             if queue.mode == "exact":
                 self.latency.labels(queue.name)
         for kind in BUILDKITE_ERROR_KINDS:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from stackgen.common.models import DispatchedQueue
+from stackgen.dispatcher.refusals import refusal, refusal_window
 
 #: Job names must stay label-safe (<= 63 characters).
 MAX_NAME = 63
@@ -123,6 +124,9 @@ class QueueMemory:
     reserved: dict[str, Reservation] = field(default_factory=dict)
     #: Buildkite jobs given up on (finished with a reason): never dispatched again.
     given_up: set[str] = field(default_factory=set)
+    #: Exact mode: Buildkite job -> when the API server first refused its pod (or Job)
+    #: for a reason that may pass (a ResourceQuota exceeded); see :func:`refusal`.
+    refused: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -366,7 +370,8 @@ def _plan_exact(
             plan.actions.append(_stuck_delete(job, queue, reason))
             attempts = memory.stuck_attempts.get(job.buildkite_job, 0) + 1
             memory.stuck_attempts[job.buildkite_job] = attempts
-            if attempts >= 2:
+            # A pod refused for good (a webhook, PodSecurity, ...) would be refused again.
+            if attempts >= 2 or _refused_for_good(job):
                 plan.actions.append(FailJob(queue.name, job.buildkite_job, reason))
                 memory.given_up.add(job.buildkite_job)
             else:
@@ -408,6 +413,13 @@ def _plan_exact(
     return plan
 
 
+def _refused_for_good(job: JobView) -> bool:
+    """The Job's pods were never created, and for a reason that will not pass."""
+    if reason_code(job.waiting_reason) != "FailedCreate":
+        return False
+    return refusal(job.waiting_reason) == "final"
+
+
 def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, now: float) -> None:
     """Forget what a listing now shows, or what has lapsed.
 
@@ -421,6 +433,9 @@ def _forget_listed(memory: QueueMemory, seen: set[str], queue: DispatchedQueue, 
     for uuid, reservation in list(memory.reserved.items()):
         if uuid in seen or uuid in memory.just_dispatched or now >= reservation.until:
             del memory.reserved[uuid]
+    for uuid, at in list(memory.refused.items()):
+        if uuid in seen or now - at > refusal_window(queue) + 600:  # long gone
+            del memory.refused[uuid]
 
 
 def _waiting(demand: Demand, memory: QueueMemory) -> list[WaitingJob]:
@@ -429,10 +444,13 @@ def _waiting(demand: Demand, memory: QueueMemory) -> list[WaitingJob]:
     return list(demand.jobs) + [r.job for u, r in memory.reserved.items() if u not in listed]
 
 
-#: Buildkite job states in which an agent that has not started has nothing left to do.
-DONE_STATES = frozenset(
-    {"canceling", "canceled", "finished", "timing_out", "timed_out", "skipped", "broken", "expired"}
-)
+#: Buildkite job states that end a job no agent ran (or one canceled): an agent that has
+#: not started has nothing left to do.  Not ``finished``, ``timing_out`` or ``timed_out``:
+#: Buildkite reaches those only through an agent running the job, and in exact mode only
+#: the Job's own agent can have run it, so its Job merely has a ``status`` that has not
+#: counted the pod yet (a busy Job controller updates it seconds late).  That Job is left
+#: to its ``ttlSecondsAfterFinished``.
+CANCELED_STATES = frozenset({"canceling", "canceled", "expired", "skipped", "broken"})
 
 
 def unstarted_exact_jobs(jobs: Iterable[JobView]) -> list[JobView]:
@@ -443,10 +461,11 @@ def unstarted_exact_jobs(jobs: Iterable[JobView]) -> list[JobView]:
 def cancelled_jobs(
     queue: DispatchedQueue, jobs: Iterable[JobView], states: dict[str, str]
 ) -> list[DeleteJob]:
-    """Delete the unstarted Jobs of Buildkite jobs that ended without them (canceled, …).
+    """Delete the unstarted Jobs of Buildkite jobs canceled (or ended unrun) meanwhile.
 
     An agent already running its job is told by Buildkite itself (it polls its job's
-    state and stops), so only Jobs whose pods have not started are deleted.
+    state and stops), so only Jobs whose pods have not started are deleted, and never
+    for a job Buildkite says ran (:data:`CANCELED_STATES`).
     """
     return [
         DeleteJob(
@@ -456,7 +475,7 @@ def cancelled_jobs(
             cause="canceled",
         )
         for job in unstarted_exact_jobs(jobs)
-        if job.buildkite_job and states.get(job.buildkite_job) in DONE_STATES
+        if job.buildkite_job and states.get(job.buildkite_job) in CANCELED_STATES
     ]
 
 

@@ -4,7 +4,8 @@ Fake Buildkite on 127.0.0.1 -> `stackgen dispatcher` (real processes) -> agent p
 Job, no Job controller) -> kwok runs them -> simulated agents take the jobs -> the
 dispatcher collects finished pods after their TTL.  Each guarantee of the Job path is
 checked here for pods: exactly one pod per exact job, also after the leader is killed
-with SIGKILL mid-burst; nothing left behind; pods that never start; canceled jobs.
+with SIGKILL mid-burst; nothing left behind; pods that never start; canceled jobs; pods
+the API server refuses (a LimitRange, a ResourceQuota), against the Job path's answer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ AGENT_PODS = "stackgen.io/workload=pod"
 def fake() -> Iterator[FakeBuildkite]:
     with FakeBuildkite(
         token=TOKEN,
-        queues=("builds", "deploy", "stuck"),
+        queues=("builds", "deploy", "stuck", "refused", "refusedjob", "quota"),
         poll_duration_seconds=1,
         clock=OffsetClock(),
     ) as server:
@@ -199,3 +200,106 @@ def test_stuck_pods_are_retried_then_failed_and_canceled_jobs_lose_their_pod(
     assert len(notes) == 2 and f"{uuid}-1 did not start" in notes[0]
     assert f"{uuid}-2 did not start" in notes[1]
     wait_for(lambda: not pod_of(uuid), timeout=30, what="the stuck pods deleted")
+
+
+REFUSED = textwrap.dedent(
+    """\
+    queues:
+      - name: refused
+        mode: exact
+        maxAgents: 5
+        dispatch: {pollIntervalSeconds: 2, podStartTimeoutSeconds: 10, workload: pod}
+      - name: refusedjob
+        mode: exact
+        maxAgents: 5
+        dispatch: {pollIntervalSeconds: 2, podStartTimeoutSeconds: 10, workload: job}
+    """
+)
+
+
+def test_a_pod_refused_for_good_fails_its_job_at_once_and_a_job_without_a_retry(
+    cluster: Cluster, fake: FakeBuildkite, tmp_path: Path, processes: list[DispatcherProcess]
+) -> None:
+    """A LimitRange refuses the agent's 256Mi limit.  Pods: the create is refused, the job
+    fails at once with the API server's reason.  Jobs: the Job controller's create is
+    refused (FailedCreate); after the pod start timeout the job fails with the same
+    reason, and no second Job is tried (it would be refused again)."""
+    stack = build_stack(cluster, tmp_path, fake, "pods-refused", REFUSED)
+    cluster.apply(
+        textwrap.dedent(
+            f"""\
+            apiVersion: v1
+            kind: LimitRange
+            metadata: {{name: small, namespace: {stack.namespace}}}
+            spec: {{limits: [{{type: Container, max: {{memory: 128Mi}}}}]}}
+            """
+        )
+    )
+    dispatcher = DispatcherProcess(cluster, stack, "pods-refused", tmp_path)
+    processes.append(dispatcher)
+    wait_for(lambda: dispatcher.metric("stackgen_cycles_total"), timeout=60, ignore=(Exception,))
+    (by_pod,) = fake.add_jobs("refused", 1)
+    (by_job,) = fake.add_jobs("refusedjob", 1)
+    added = time.time()
+
+    def finished(uuid: str) -> dict[str, Any] | None:
+        return next((f for f in fake.finished if f["job_uuid"] == uuid), None)
+
+    pod_failed = wait_for(lambda: finished(by_pod), timeout=60, what="the pod's job failed")
+    pod_seconds = time.time() - added
+    assert pod_seconds < 10, "failed before the pod start timeout: the refusal is final"
+    assert pod_failed["detail"].startswith("stackgen: Kubernetes refused the agent pod: ")
+    assert "maximum memory usage per Container is 128Mi" in pod_failed["detail"]
+    job_failed = wait_for(lambda: finished(by_job), timeout=90, what="the Job's job failed")
+    assert "did not start within 10s: FailedCreate" in job_failed["detail"]
+    assert "maximum memory usage per Container is 128Mi" in job_failed["detail"]
+    notes = [n["detail"] for n in fake.notifications if n["job_uuid"] == by_job]
+    assert not [n for n in notes if "retrying" in n], notes
+    assert not agent_pods(cluster, stack.namespace)
+    jobs = cluster.items("jobs", namespace=stack.namespace, selector="stackgen.io/dispatch-id")
+    assert len(jobs) <= 1  # the one Job (deleted by now, or going): no second attempt
+
+
+def test_a_pod_refused_by_a_quota_waits_as_long_as_a_job_would_then_fails(
+    cluster: Cluster, fake: FakeBuildkite, tmp_path: Path, processes: list[DispatcherProcess]
+) -> None:
+    queues = textwrap.dedent(
+        """\
+        queues:
+          - name: quota
+            mode: exact
+            maxAgents: 5
+            dispatch: {pollIntervalSeconds: 2, podStartTimeoutSeconds: 10, workload: pod}
+        """
+    )
+    stack = build_stack(cluster, tmp_path, fake, "pods-quota", queues)
+    cluster.apply(
+        textwrap.dedent(
+            f"""\
+            apiVersion: v1
+            kind: ResourceQuota
+            metadata: {{name: no-pods, namespace: {stack.namespace}}}
+            spec: {{hard: {{pods: "0"}}}}
+            """
+        )
+    )
+    dispatcher = DispatcherProcess(cluster, stack, "pods-quota", tmp_path)
+    processes.append(dispatcher)
+    wait_for(lambda: dispatcher.metric("stackgen_cycles_total"), timeout=60, ignore=(Exception,))
+    (uuid,) = fake.add_jobs("quota", 1)
+    added = time.time()
+    note = wait_for(
+        lambda: [n for n in fake.notifications if n["job_uuid"] == uuid],
+        timeout=30,
+        what="the refusal noted on the job's timeline",
+    )
+    assert "refused the agent pod (retrying for up to 20s)" in note[0]["detail"]
+    assert "quota" in note[0]["detail"]
+    wait_for(lambda: fake.finished, timeout=120, what="the job failed after the window")
+    (failed,) = fake.finished
+    assert time.time() - added >= 20  # two pod start timeouts, as the Job path takes
+    assert failed["job_uuid"] == uuid
+    assert failed["detail"].startswith("stackgen: Kubernetes refused the agent pod for ")
+    assert "quota" in failed["detail"]
+    assert len([n for n in fake.notifications if n["job_uuid"] == uuid]) == 2  # note, failure
+    assert not agent_pods(cluster, stack.namespace)

@@ -56,6 +56,8 @@ class KubeFault:
     retry_after: float | None = None
     #: The call is carried out, then its answer is lost (a timeout, a reset connection).
     lost: bool = False
+    #: The API server's message (a refusal's reason); default: "injected <status> on <method>".
+    message: str | None = None
 
 
 def _error(message: str, fault: KubeFault) -> KubeError:
@@ -86,14 +88,26 @@ class FakeKube:
     # ------------------------------------------------------------------ helpers
 
     def fail(
-        self, method: str, status: int | None, times: int = 1, *, retry_after: float | None = None
+        self,
+        method: str,
+        status: int | None,
+        times: int = 1,
+        *,
+        retry_after: float | None = None,
+        message: str | None = None,
     ) -> None:
         """Make the next ``times`` calls of ``method`` fail with ``status`` (None: transport).
 
         ``retry_after``: the Retry-After the answer carries (a 429 from the API server's
-        priority and fairness, say).
+        priority and fairness, say).  ``message``: the answer's message (a ResourceQuota's
+        or an admission webhook's refusal, say).
         """
-        self._faults[method].extend([KubeFault(status, retry_after)] * times)
+        self._faults[method].extend([KubeFault(status, retry_after, message=message)] * times)
+
+    def clear_faults(self, method: str) -> None:
+        """Drop the faults still waiting for ``method`` (a quota lifted, say)."""
+        with self._lock:
+            self._faults[method].clear()
 
     def lose_response(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` land, but their answers are lost."""
@@ -121,7 +135,7 @@ class FakeKube:
             return None
         if fault.lost:
             return fault
-        raise _error(f"injected {fault.status} on {method}", fault)
+        raise _error(fault.message or f"injected {fault.status} on {method}", fault)
 
     @staticmethod
     def _lost(fault: KubeFault | None, method: str) -> None:

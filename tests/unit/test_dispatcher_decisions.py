@@ -18,6 +18,7 @@ from stackgen.buildkite import AgentAPI
 from stackgen.common import logs
 from stackgen.dispatcher.config import from_dict
 from stackgen.dispatcher.cycle import Dispatcher
+from stackgen.dispatcher.refusals import refusal
 from tests.support.dispatcher_config import TOKEN, config_dict
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
 from tests.support.fake_kube import FakeKube, cronjob_template
@@ -195,3 +196,51 @@ def test_a_buildkite_job_can_ask_to_keep_its_pod(
     assert requested_seconds({"STACKGEN_KEEP_FAILED_POD": "99999999"}) == 7 * 24 * 3600
     assert requested_seconds({"STACKGEN_KEEP_FAILED_POD": "nonsense"}) is None
     assert requested_seconds({}) is None
+
+
+# ------------------------------------------------------------ refusals at create
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "expected"),
+    [
+        ('pods "a" is forbidden: exceeded quota: compute, requested: pods=1', 403, "transient"),
+        (
+            'pods "a" is forbidden: error looking up service account ns/sa: not found',
+            403,
+            "transient",
+        ),
+        (
+            'pods "a" is forbidden: status unknown for quota: compute, resource: pods',
+            403,
+            "transient",
+        ),
+        ('pods "a" is forbidden: failed quota: compute: must specify limits.cpu', 403, "final"),
+        ('admission webhook "p.example.com" denied the request: unsigned', 403, "final"),
+        ('admission webhook "p.example.com" denied the request: unsigned', 400, "final"),
+        (
+            'pods "a" is forbidden: violates PodSecurity "restricted:latest": privileged',
+            403,
+            "final",
+        ),
+        (
+            'pods "a" is forbidden: maximum cpu usage per Container is 2, but limit is 4',
+            403,
+            "final",
+        ),
+        ('Pod "a" is invalid: spec.containers[0].image: Required value', 422, "final"),
+        (
+            'pods is forbidden: User "system:serviceaccount:b:d" cannot create resource "pods"',
+            403,
+            None,
+        ),
+        ("the server is currently unable to handle the request", 503, None),
+        ("Too many requests", 429, None),
+        # A Job's FailedCreate event (no status: the Job controller's create was refused).
+        ('Error creating: pods "j-x" is forbidden: exceeded quota: compute', None, "transient"),
+        ('Error creating: admission webhook "p" denied the request: no', None, "final"),
+        ("Error creating: Timeout: request did not complete within requested timeout", None, None),
+    ],
+)
+def test_refusals_are_told_apart(message: str, status: int | None, expected: str | None) -> None:
+    assert refusal(message, status) == expected

@@ -110,6 +110,84 @@ def test_a_canceled_job_loses_its_unstarted_job_and_only_that(
     assert [r for r in buildkite.requests if r.route == "get_job_states"] == states
 
 
+@pytest.mark.parametrize("state", ["finished", "timing_out", "timed_out"])
+def test_a_job_that_ran_keeps_its_job_when_the_job_status_lags(
+    dispatcher: Dispatcher,
+    buildkite: FakeBuildkite,
+    kube: FakeKube,
+    clock: VirtualClock,
+    state: str,
+) -> None:
+    """bench/e2e exact rows deleted 26-48 Jobs "of a canceled Buildkite job" whose agents
+    had run their jobs to the end: a throttled Job controller had not yet counted the pod
+    in the Job's status.  Buildkite reaches these states only through an agent running
+    the job, so the Job stays (its TTL collects it)."""
+    ran, canceled, expired = buildkite.add_jobs("deploy", 3)
+    dispatcher.run_cycle("poll")
+    assert all(job_of(kube, u) is not None for u in (ran, canceled, expired))
+    # The Jobs' status is still empty: no pod counted as started, ready or done.
+    buildkite.set_job_state(ran, state)
+    buildkite.set_job_state(canceled, "canceling")
+    buildkite.set_job_state(expired, "expired")
+    clock.advance(6)
+    dispatcher.run_cycle("poll")
+    assert job_of(kube, ran) is not None
+    assert job_of(kube, canceled) is None and job_of(kube, expired) is None
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": "canceled"}) == 2
+
+
+def test_a_pod_the_job_controller_has_not_counted_yet_is_a_started_pod(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A pod that ended sits in ``status.uncountedTerminatedPods`` until the Job
+    controller counts it, seconds later when it is throttled (bench/e2e at load 18: 12
+    Jobs whose agents had run were deleted as "did not start within 30s" that way).
+    Neither the stuck path nor the cancel path may take such a Job for unstarted."""
+    stuck, canceled = buildkite.add_jobs("deploy", 2)
+    dispatcher.run_cycle("poll")
+    names = [job_of(kube, uuid) for uuid in (stuck, canceled)]
+    for uuid, name in zip((stuck, canceled), names, strict=True):
+        assert name is not None
+        kube.objects["jobs"][name]["status"] = {
+            "active": 0,
+            "ready": 0,
+            "uncountedTerminatedPods": {"succeeded": [f"uid-of-{uuid}"]},
+        }
+    buildkite.set_job_state(canceled, "finished")
+    clock.advance(301)  # past the pod start timeout (300 s)
+    dispatcher.run_cycle("poll")
+    assert sorted(kube.objects["jobs"]) == sorted(n for n in names if n)  # the same two
+    assert not buildkite.notifications[2:] and not buildkite.finished  # 2: "Job created"
+    value = dispatcher.metrics.registry.get_sample_value
+    for reason in ("not-started", "canceled"):
+        assert value("stackgen_jobs_deleted_total", {"queue": "deploy", "reason": reason}) == 0
+
+
+def test_a_pod_that_ended_before_its_job_says_so_is_a_started_pod(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """Near the pod start timeout the pods are read: their own phase counts even when the
+    Job's status has not moved at all yet."""
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    dispatcher.run_cycle("poll")
+    name = job_of(kube, uuid)
+    assert name is not None
+    job = kube.objects["jobs"][name]
+    job["status"] = {"active": 1, "ready": 0}
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "batch.kubernetes.io/job-name": name}
+    kube.add(
+        "pods",
+        {"metadata": {"name": f"{name}-x", "labels": labels}, "status": {"phase": "Succeeded"}},
+    )
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert name in kube.objects["jobs"]
+    assert not buildkite.finished and not [
+        n for n in buildkite.notifications if "retrying" in n["detail"]
+    ]
+
+
 # -------------------------------------------------------------- pods that never start: why
 
 
@@ -135,6 +213,28 @@ def test_quota_forbidding_the_pod_is_the_reason_buildkite_is_told(
     assert (
         value("stackgen_pods_not_started_total", {"queue": "deploy", "reason": "FailedCreate"}) == 2
     )
+
+
+def test_a_job_whose_pods_a_webhook_refuses_is_failed_without_a_second_job(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A refusal that will not pass is not retried (as with workload: pod, where the
+    create itself is refused and the job fails at once)."""
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    dispatcher.run_cycle("poll")
+    name = job_of(kube, uuid)
+    assert name is not None
+    denied = 'admission webhook "policy.example.com" denied the request: images must be signed'
+    kube.add_event("Job", name, "FailedCreate", f"Error creating: {denied}")
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert not [n for n in buildkite.notifications if "retrying" in n["detail"]]
+    (finished,) = buildkite.finished
+    assert finished["job_uuid"] == uuid and denied in finished["detail"]
+    assert not kube.objects["jobs"]
+    clock.advance(301)
+    dispatcher.run_cycle("poll")
+    assert not kube.objects["jobs"]
 
 
 def test_dispatch_mode_names_the_kubernetes_reason_in_its_log_and_metrics(

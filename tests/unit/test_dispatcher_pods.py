@@ -8,12 +8,18 @@ counting, pods that never start, canceled jobs, TTL collection, kept failed pods
 
 from __future__ import annotations
 
+import datetime as dt
+import io
+import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from stackgen.buildkite import AgentAPI
+from stackgen.common import logs
 from stackgen.dispatcher.config import from_dict
 from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.jobs import parse_time
@@ -391,3 +397,210 @@ def test_a_kubernetes_fault_on_pod_create_is_retried_with_its_retry_after(
         for p in pods_of(kube, "deploy").values()
     ) == sorted(uuids)
     assert clock() - failed_at < 30  # within the short reservation
+
+
+# ------------------------------------------------------------ refused at create
+
+WEBHOOK = 'admission webhook "policy.example.com" denied the request: images must be signed'
+PODSECURITY = (
+    'pods "x" is forbidden: violates PodSecurity "restricted:latest": privileged '
+    '(container "agent" must not set securityContext.privileged=true)'
+)
+INVALID = 'Pod "x" is invalid: spec.containers[0].image: Required value'
+QUOTA = (
+    'pods "x" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=10, '
+    "limited: pods=10"
+)
+RBAC = (
+    'pods is forbidden: User "system:serviceaccount:buildkite:stackgen-dispatcher" cannot '
+    'create resource "pods" in API group "" in the namespace "buildkite"'
+)
+
+
+def run_until(dispatcher: Dispatcher, clock: VirtualClock, queue: str, until: float) -> int:
+    """Run the queue's cycles as its schedule (backoff included) makes them due, to ``until``."""
+    cycles = 0
+    while (at := max(clock(), dispatcher.next_due[queue]) + 0.01) <= until:
+        clock.advance(at - clock())
+        dispatcher.run_cycle("poll", only={queue})
+        cycles += 1
+    clock.advance(max(0.0, until - clock()))
+    return cycles
+
+
+@pytest.mark.parametrize(
+    ("workload", "status", "message"),
+    [
+        ("pod", 403, WEBHOOK),
+        ("pod", 403, PODSECURITY),
+        ("pod", 422, INVALID),
+        ("job", 403, WEBHOOK),
+    ],
+)
+def test_a_create_refused_for_good_fails_its_job_at_once_with_the_reason(
+    api: AgentAPI,
+    buildkite: FakeBuildkite,
+    kube: FakeKube,
+    clock: VirtualClock,
+    workload: str,
+    status: int,
+    message: str,
+) -> None:
+    dispatcher = make(api, kube, clock, workload=workload)
+    refused, other = buildkite.add_jobs("deploy", 2)
+    method = f"create_{workload}"
+    kube.fail(method, status, message=message)  # the first create: one of the two
+    report = dispatcher.run_cycle("poll", only={"deploy"})
+    (queue,) = report.queues
+    assert queue.error is None  # nothing to retry: the queue does not back off
+    (finished,) = buildkite.finished
+    failed = finished["job_uuid"]
+    assert failed in (refused, other)
+    assert finished["detail"].startswith("stackgen: Kubernetes refused the ")
+    assert message in finished["detail"]
+    assert any(message[:60] in n["detail"] for n in buildkite.notifications)
+    created = kube.objects["pods" if workload == "pod" else "jobs"]
+    assert [o["metadata"]["labels"]["stackgen.io/buildkite-job"] for o in created.values()] == [
+        ({refused, other} - {failed}).pop()
+    ]
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_creates_refused_total", {"queue": "deploy", "refusal": "final"}) == 1
+    assert value("stackgen_buildkite_jobs_failed_total", {"queue": "deploy"}) == 1
+    # Given up on: never created again, whatever Buildkite lists.
+    calls = len([c for c in kube.calls if c[0] == method])
+    run_until(dispatcher, clock, "deploy", clock() + 60)
+    assert len([c for c in kube.calls if c[0] == method]) == calls
+
+
+def test_a_pod_refused_by_a_quota_waits_as_long_as_a_job_would_then_fails(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    kube.fail("create_pod", 403, times=1000, message=QUOTA)
+    first = clock()
+    dispatcher.run_cycle("poll", only={"deploy"})
+    (note,) = buildkite.notifications
+    assert note["detail"].startswith("stackgen: Kubernetes refused the agent pod (retrying for")
+    assert "600s" in note["detail"] and "exceeded quota" in note["detail"]
+    # Two pod start timeouts (300 s): the Job path's first Job, then its second.
+    cycles = run_until(dispatcher, clock, "deploy", first + 599)
+    assert cycles >= 10 and not buildkite.finished
+    assert len(buildkite.notifications) == 1  # noted once, not at every retry
+    run_until(dispatcher, clock, "deploy", first + 661)
+    (finished,) = buildkite.finished
+    assert finished["job_uuid"] == uuid
+    assert "Kubernetes refused the agent pod for 6" in finished["detail"]
+    assert "exceeded quota" in finished["detail"]
+    assert not pods_of(kube, "deploy")
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_creates_refused_total", {"queue": "deploy", "refusal": "transient"}) > 10
+    assert dispatcher.memory["deploy"].refused == {}
+
+
+def test_a_quota_lifted_in_time_starts_the_pod_and_fails_nothing(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    (uuid,) = buildkite.add_jobs("deploy", 1)
+    kube.fail("create_pod", 403, times=1000, message=QUOTA)
+    first = clock()
+    dispatcher.run_cycle("poll", only={"deploy"})
+    run_until(dispatcher, clock, "deploy", first + 200)
+    kube.clear_faults("create_pod")  # pods ended: the quota has room again
+    run_until(dispatcher, clock, "deploy", first + 300)
+    assert list(pods_of(kube, "deploy")) == [exact_pod_name(TEMPLATE, uuid, 1)]
+    assert not buildkite.finished
+    assert dispatcher.memory["deploy"].refused == {}
+
+
+def test_the_dispatchers_own_rbac_fails_no_job(
+    dispatcher: Dispatcher, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    """A 403 for the dispatcher's own permissions is the stack's fault, not the job's."""
+    buildkite.add_jobs("deploy", 1)
+    kube.fail("create_pod", 403, times=1000, message=RBAC)
+    first = clock()
+    dispatcher.run_cycle("poll", only={"deploy"})
+    run_until(dispatcher, clock, "deploy", first + 900)
+    assert not buildkite.finished and not buildkite.notifications
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_api_errors_total", {"api": "kubernetes", "kind": "AuthError"}) > 10
+
+
+def test_dispatch_mode_counts_and_logs_a_refusal_and_keeps_backing_off(
+    api: AgentAPI, buildkite: FakeBuildkite, kube: FakeKube, clock: VirtualClock
+) -> None:
+    stream = io.StringIO()
+    logs.configure("debug", stream=stream, component="dispatcher")
+    dispatcher = make(api, kube, clock)
+    buildkite.add_jobs("builds", 2)
+    kube.fail("create_pod", 403, times=1000, message=WEBHOOK)
+    report = dispatcher.run_cycle("poll", only={"builds"})
+    (queue,) = report.queues
+    assert queue.error is not None and "denied the request" in queue.error
+    due = dispatcher.next_due["builds"]
+    assert due > clock()
+    assert not buildkite.finished and not pods_of(kube, "builds")
+    value = dispatcher.metrics.registry.get_sample_value
+    assert value("stackgen_creates_refused_total", {"queue": "builds", "refusal": "final"}) == 1
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    (refused,) = [line for line in lines if line["event"].startswith("Kubernetes refused")]
+    assert refused["level"] == "error" and refused["refusal"] == "final"
+    assert "denied the request" in refused["reason"]
+    kube.clear_faults("create_pod")
+    run_until(dispatcher, clock, "builds", due + 1)
+    assert len(pods_of(kube, "builds")) == 3
+
+
+# ------------------------------------------------- collection by a new leader
+
+
+def finished_pod(name: str, ended: float, ttl: int = 60) -> dict[str, Any]:
+    stamp = dt.datetime.fromtimestamp(ended, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"stackgen.io/workload": "pod"},
+            "annotations": {"stackgen.io/queue": "deploy", ANNOTATION_TTL: str(ttl)},
+            "creationTimestamp": stamp,
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"finishedAt": stamp}}}],
+        },
+    }
+
+
+def test_a_new_leader_collects_finished_pods_at_once(api: AgentAPI) -> None:
+    """Nothing collects agent pods while no dispatcher leads: whoever takes the lead
+    (a fresh replica, or one that led before) collects at its next turn, not after
+    the 10 s housekeeping period."""
+    kube = FakeKube()
+    kube.add("cronjobs", cronjob_template(TEMPLATE, "deploy"))
+    leading = {"now": True}
+    dispatcher = Dispatcher(from_dict(pod_config()), api, kube, is_leader=lambda: leading["now"])
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        kube.add("pods", finished_pod("old", time.time() - 3600))
+        assert wait(lambda: "old" not in kube.objects["pods"], 5), "a fresh leader"
+        leading["now"] = False
+        dispatcher.on_leadership(False)
+        kube.add("pods", finished_pod("during", time.time() - 3600))
+        time.sleep(1.5)
+        assert "during" in kube.objects["pods"]  # followers collect nothing
+        leading["now"] = True
+        dispatcher.on_leadership(True)
+        assert wait(lambda: "during" not in kube.objects["pods"], 5), "a leader again"
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def wait(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()  # type: ignore[no-any-return]
