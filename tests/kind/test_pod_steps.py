@@ -6,7 +6,10 @@
   no token and the API server refuses the same request.
 - ``kubernetes`` plugin steps on an ``exact`` queue: the step's containers run beside the
   agent container in a pod the dispatcher builds; guard-rail refusals fail the job on
-  Buildkite with the reason.
+  Buildkite with the reason; several command containers take turns and the job takes the
+  failing one's exit status; the queue's podSpecPatch, then the step's, set a container's
+  resources; the finished step's Job and pod are collected by their TTL; one of
+  agent-stack-k8s's sample steps (our copy in tests/podspec/samples.yml) passes.
 """
 
 from __future__ import annotations
@@ -434,7 +437,7 @@ def node_shell(stack: KindStack, script: str) -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
 
 
@@ -445,12 +448,13 @@ def test_an_agent_stack_k8s_sample_pipeline_runs_and_passes(kind_stack: KindStac
     command, env = job_of(localised(step), pipeline)
     # The sidecar creates the file the command tests for, on a hostPath of the node.
     parcel = "/tmp/volumes/scratch/shared/parcel"
-    node_shell(stack, f"rm -f {parcel}")
+    assert node_shell(stack, f"rm -f {parcel}").returncode == 0
     uuid = stack.sandbox.enqueue(PODS_QUEUE, command, env=env, repository=SSH_URL)
     pod = pod_of(stack, uuid)
     job, log = finished(stack, uuid)
     assert (job["state"], job["exit_status"]) == ("finished", 0), log
-    assert node_shell(stack, f"ls {parcel}").stdout.strip() == parcel
+    found = node_shell(stack, f"test -f {parcel}")
+    assert found.returncode == 0, f"the sidecar wrote no {parcel} on the node: {found.stderr}"
     sidecar = {c["name"]: c for c in pod["spec"]["initContainers"]}["sidecar-0"]
     mounts = {m["mountPath"]: m.get("subPath") for m in sidecar["volumeMounts"]}
     assert mounts["/shared"] == "shared" and mounts["/sidecar-only"] == "sidecar"
