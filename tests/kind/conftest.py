@@ -81,6 +81,13 @@ BAD_HOSTS_QUEUE = "kind-badhosts"
 WEBHOOK_QUEUE = "kind-webhook"
 PODSTEPS_QUEUE = "kind-podsteps"
 PODS_QUEUE = "kind-pods"
+PODS_TTL_SECONDS = 30
+#: The pods queue's own podSpecPatch (applied before a step's).
+PODS_QUEUE_PATCH = {
+    "name": "container-0",
+    "resources": {"requests": {"cpu": "15m", "memory": "40Mi"}, "limits": {"memory": "300Mi"}},
+    "env": [{"name": "STACKGEN_PATCHED_BY", "value": "queue"}],
+}
 #: The queues of the session's stack (one stack, so the fake's pod is never restarted).
 QUEUES = [
     {
@@ -116,13 +123,19 @@ QUEUES = [
         "podSteps": True,
         "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
     },
-    # Steps carrying the kubernetes plugin run in the pod they describe, local images only.
+    # Steps carrying the kubernetes plugin run in the pod they describe, local images only;
+    # hostPath volumes allowed (agent-stack-k8s's sample with extraVolumeMounts uses one); a
+    # queue-level podSpecPatch on container-0, which every plugin step of these tests has.
     {
         "name": PODS_QUEUE,
         "mode": "exact",
         "maxAgents": 3,
-        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
-        "kubernetesPlugin": {"allowedImages": ["stackgen.local/*"]},
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": PODS_TTL_SECONDS},
+        "kubernetesPlugin": {
+            "allowedImages": ["stackgen.local/*"],
+            "allowHostPath": True,
+            "podSpecPatch": {"containers": [PODS_QUEUE_PATCH]},
+        },
     },
     # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
     {

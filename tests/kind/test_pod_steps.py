@@ -6,19 +6,34 @@
   no token and the API server refuses the same request.
 - ``kubernetes`` plugin steps on an ``exact`` queue: the step's containers run beside the
   agent container in a pod the dispatcher builds; guard-rail refusals fail the job on
-  Buildkite with the reason.
+  Buildkite with the reason; several command containers take turns and the job takes the
+  failing one's exit status; the queue's podSpecPatch, then the step's, set a container's
+  resources; the finished step's Job and pod are collected by their TTL; one of
+  agent-stack-k8s's sample steps (our copy in tests/podspec/samples.yml) passes.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import time
 from typing import Any
 
+import yaml
+
 from stackgen.dispatcher.podspec import PLUGIN_KEY
-from tests.kind.conftest import PODS_QUEUE, PODSTEPS_QUEUE, KindStack
+from tests.kind.conftest import (
+    PODS_QUEUE,
+    PODS_QUEUE_PATCH,
+    PODS_TTL_SECONDS,
+    PODSTEPS_QUEUE,
+    KindStack,
+)
 from tests.support import sandbox
 from tests.support.cluster import wait_for
+from tests.support.paths import ROOT
+from tests.support.pipelines import job_of
 
 SSH_URL = f"git@{sandbox.GIT_HOST}:{sandbox.REPOSITORY}.git"
 #: A project image loaded into the node that is not the agent image (no git, no agent).
@@ -26,6 +41,7 @@ DEBIAN = "stackgen.local/debian:bookworm"
 STACKGEN = "stackgen.local/stackgen:0.1.0"
 #: What a step's command exits with when the API server refuses to create its Job.
 REFUSED = 42
+SAMPLES = ROOT / "tests" / "podspec" / "samples.yml"
 
 #: Creates a Job running $STEP_SCRIPT in $STEP_IMAGE through the Kubernetes API (the
 #: ServiceAccount token when mounted, anonymous otherwise), prints its pod's log and exits
@@ -233,3 +249,216 @@ def test_disallowed_images_and_privileged_steps_are_failed_with_the_reason(
     assert (priv["state"], priv["exit_status"]) == ("finished", -1)
     assert "privileged" in priv["detail"], priv["detail"]
     assert any("privileged" in n for n in notes), notes
+
+
+# ------------------------------------------------------------ several containers, patches, TTL
+
+
+def enqueue_plugin(
+    stack: KindStack, settings: dict[str, Any], command: str = "true", **fields: Any
+) -> str:
+    return stack.sandbox.enqueue(PODS_QUEUE, command, env=plugin_env(settings), **fields)
+
+
+def finished(stack: KindStack, uuid: str) -> tuple[dict[str, Any], str]:
+    """The job once finished on the fake, and its log."""
+    job = stack.sandbox.wait_finished(uuid, timeout=300)
+    return job, stack.sandbox.log(uuid)
+
+
+def by_name(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod["spec"]["containers"]}
+
+
+def test_two_command_containers_run_in_turn_and_the_job_takes_their_exit_status(
+    kind_stack: KindStack,
+) -> None:
+    """As the agent's kubernetes exec mode runs them (agent-stack-k8s relies on the same):
+    container N starts once container N-1 exited; the first non-zero exit ends the job with
+    that status and the containers after it never start."""
+    stack = kind_stack
+
+    def two(first: str, second: str) -> dict[str, Any]:
+        return {
+            "podSpec": {
+                "containers": [
+                    {"image": DEBIAN, "command": [first]},
+                    {"image": STACKGEN, "command": [second]},
+                ]
+            },
+            "checkout": {"skip": True},
+        }
+
+    # Every marker differs from the command text the log also shows: it proves a run.
+    in_stackgen = "echo second-ran-in=$BUILDKITE_CONTAINER_ID; python3 -c 'print(\"py\", 2 + 2)'"
+    passing = enqueue_plugin(
+        stack,
+        {
+            "podSpec": {
+                "containers": [
+                    {"image": DEBIAN, "command": ["echo first-ran-in=$BUILDKITE_CONTAINER_ID"]},
+                    {"image": STACKGEN, "command": [in_stackgen + "; head -n 3 README.md"]},
+                ]
+            }
+        },
+        repository=SSH_URL,
+    )
+    echo_1, echo_2 = "echo first-ran-$((40 + 1))", "echo second-ran-$((40 + 2))"
+    second_fails = enqueue_plugin(stack, two(echo_1, f"{echo_2}; exit 5"))
+    first_fails = enqueue_plugin(stack, two(f"{echo_1}; exit 3", echo_2))
+
+    pod = pod_of(stack, passing)
+    job, log = finished(stack, passing)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), log
+    # checkout is client 0, then container-0 and container-1, one after the other.
+    assert "first-ran-in=1" in log and "second-ran-in=2" in log, log
+    assert log.index("first-ran-in=1") < log.index("second-ran-in=2")
+    assert "py 4" in log  # the second container's own image
+    assert "Served by the stackgen test git server" in log  # it sees the checkout
+    containers = by_name(pod)
+    assert (containers["container-0"]["image"], containers["container-1"]["image"]) == (
+        DEBIAN,
+        STACKGEN,
+    )
+    env = {e["name"]: e.get("value") for e in containers["agent"]["env"]}
+    assert env["BUILDKITE_CONTAINER_COUNT"] == "3"
+
+    job, log = finished(stack, second_fails)
+    assert (job["state"], job["exit_status"]) == ("finished", 5), log
+    assert "first-ran-41" in log and "second-ran-42" in log, log
+
+    job, log = finished(stack, first_fails)
+    assert (job["state"], job["exit_status"]) == ("finished", 3), log
+    assert "first-ran-41" in log, log
+    assert "second-ran-42" not in log, log
+
+
+def test_pod_spec_patches_change_resources_queue_first_then_the_step(
+    kind_stack: KindStack,
+) -> None:
+    stack = kind_stack
+    show = (
+        "echo patched-by=$STACKGEN_PATCHED_BY; "
+        "echo memory-limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null "
+        "|| cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+    )
+    container = {"image": DEBIAN, "command": [show]}
+    step_patch = {
+        "containers": [
+            {
+                "name": "container-0",
+                "resources": {
+                    "requests": {"memory": "64Mi"},
+                    "limits": {"cpu": "1", "memory": "200Mi"},
+                },
+                "env": [{"name": "STACKGEN_PATCHED_BY", "value": "step"}],
+            }
+        ]
+    }
+    queue_only = enqueue_plugin(
+        stack, {"podSpec": {"containers": [container]}, "checkout": {"skip": True}}
+    )
+    both = enqueue_plugin(
+        stack,
+        {
+            "podSpec": {"containers": [container]},
+            "podSpecPatch": step_patch,
+            "checkout": {"skip": True},
+        },
+    )
+    queue_pod, both_pod = pod_of(stack, queue_only), pod_of(stack, both)
+
+    job, log = finished(stack, queue_only)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), log
+    assert "patched-by=queue" in log
+    assert f"memory-limit={300 * 2**20}" in log, log
+    assert by_name(queue_pod)["container-0"]["resources"] == PODS_QUEUE_PATCH["resources"]
+
+    job, log = finished(stack, both)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), log
+    assert "patched-by=step" in log
+    assert f"memory-limit={200 * 2**20}" in log, log
+    # The step's values win where both patches set a field; the queue's cpu request stays.
+    assert by_name(both_pod)["container-0"]["resources"] == {
+        "requests": {"cpu": "15m", "memory": "64Mi"},
+        "limits": {"cpu": "1", "memory": "200Mi"},
+    }
+    # Stackgen's own containers keep their resources.
+    assert by_name(both_pod)["agent"]["resources"] == by_name(queue_pod)["agent"]["resources"]
+
+
+def test_a_finished_steps_job_and_pod_are_collected(kind_stack: KindStack) -> None:
+    stack = kind_stack
+    uuid = enqueue_plugin(
+        stack,
+        {
+            "podSpec": {"containers": [{"image": DEBIAN, "command": ["echo done"]}]},
+            "checkout": {"skip": True},
+        },
+    )
+    selector = f"stackgen.io/buildkite-job={uuid}"
+    pod_of(stack, uuid)
+    (owner,) = stack.cluster.items("jobs.batch", stack.namespace, selector)
+    assert owner["spec"]["ttlSecondsAfterFinished"] == PODS_TTL_SECONDS
+    job, log = finished(stack, uuid)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), log
+
+    def gone() -> bool:
+        return not (
+            stack.cluster.items("jobs.batch", stack.namespace, selector)
+            or stack.cluster.items("pods", stack.namespace, selector)
+        )
+
+    started = time.monotonic()
+    wait_for(gone, timeout=PODS_TTL_SECONDS + 120, interval=2, what=f"job {uuid}'s Job and pod")
+    print(f"\nJob and pod of {uuid} collected {time.monotonic() - started:.0f}s after it finished")
+
+
+# ---------------------------------------------------------------- an agent-stack-k8s sample
+
+#: The sample's public images and the local images that stand in for them on kind.
+LOCAL_IMAGES = {"alpine:latest": DEBIAN}
+SAMPLE = "extra volume mounts on sidecars"
+
+
+def localised(value: Any) -> Any:
+    """``value`` with every ``image`` replaced by its local stand-in (KeyError if none)."""
+    if isinstance(value, dict):
+        return {k: LOCAL_IMAGES[v] if k == "image" else localised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [localised(v) for v in value]
+    return value
+
+
+def node_shell(stack: KindStack, script: str) -> subprocess.CompletedProcess[str]:
+    """``sh -c SCRIPT`` on the kind node (its container)."""
+    return subprocess.run(
+        ["docker", "exec", f"{stack.cluster.name}-control-plane", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_an_agent_stack_k8s_sample_pipeline_runs_and_passes(kind_stack: KindStack) -> None:
+    stack = kind_stack
+    pipeline = yaml.safe_load(SAMPLES.read_text())
+    (step,) = [s for s in pipeline["steps"] if s.get("label") == SAMPLE]
+    command, env = job_of(localised(step), pipeline)
+    # The sidecar creates the file the command tests for, on a hostPath of the node.
+    parcel = "/tmp/volumes/scratch/shared/parcel"
+    assert node_shell(stack, f"rm -f {parcel}").returncode == 0
+    uuid = stack.sandbox.enqueue(PODS_QUEUE, command, env=env, repository=SSH_URL)
+    pod = pod_of(stack, uuid)
+    job, log = finished(stack, uuid)
+    assert (job["state"], job["exit_status"]) == ("finished", 0), log
+    found = node_shell(stack, f"test -f {parcel}")
+    assert found.returncode == 0, f"the sidecar wrote no {parcel} on the node: {found.stderr}"
+    sidecar = {c["name"]: c for c in pod["spec"]["initContainers"]}["sidecar-0"]
+    mounts = {m["mountPath"]: m.get("subPath") for m in sidecar["volumeMounts"]}
+    assert mounts["/shared"] == "shared" and mounts["/sidecar-only"] == "sidecar"
+    command_mounts = {
+        m["mountPath"]: m.get("subPath") for m in by_name(pod)["container-0"]["volumeMounts"]
+    }
+    assert command_mounts["/shared"] == "shared" and "/sidecar-only" not in command_mounts
