@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import kind
-from tests.support.cluster import ClusterError, stop
+from tests.support import kind, sandbox
+from tests.support.cluster import ClusterError, stop, versions
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +81,21 @@ BAD_HOSTS_QUEUE = "kind-badhosts"
 WEBHOOK_QUEUE = "kind-webhook"
 PODSTEPS_QUEUE = "kind-podsteps"
 PODS_QUEUE = "kind-pods"
+MIRROR_QUEUE = "kind-mirror"
+#: The sandbox's repository over SSH: the git mirror's source and the mirror queue's checkout.
+SSH_URL = f"git@{sandbox.GIT_HOST}:{sandbox.REPOSITORY}.git"
+#: A git mirror of the sandbox's repository, cloned by the project's agent image (it has git
+#: and ssh; the default alpine/git cannot be pulled offline). kind's storage class offers
+#: ReadWriteOnce only, which a single node is enough for.
+GIT_MIRROR = {
+    "name": "sandbox",
+    "repository": SSH_URL,
+    "image": versions()["IMAGE_AGENT"],
+    "storage": "64Mi",
+    "accessMode": "ReadWriteOnce",
+    "keep": 1,
+    "schedule": "0 0 1 1 *",
+}
 #: The queues of the session's stack (one stack, so the fake's pod is never restarted).
 QUEUES = [
     {
@@ -124,6 +139,15 @@ QUEUES = [
         "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
         "kubernetesPlugin": {"allowedImages": ["stackgen.local/*"]},
     },
+    # Its agents mount the newest ready volume of the git mirror.
+    {
+        "name": MIRROR_QUEUE,
+        "mode": "dispatch",
+        "maxAgents": 1,
+        "buffer": 0,
+        "gitMirror": GIT_MIRROR["name"],
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
+    },
     # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
     {
         "name": WEBHOOK_QUEUE,
@@ -148,7 +172,9 @@ def kind_stack(
     dind = {
         "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
     }
-    overlay = kind.write_overlay(root / "overlay", keys, QUEUES, extra={"dind": dind})
+    overlay = kind.write_overlay(
+        root / "overlay", keys, QUEUES, extra={"dind": dind, "gitMirrors": [GIT_MIRROR]}
+    )
     started = time.monotonic()
     kind.apply_stack(kind_cluster, overlay, host_key, extra_queues=[BAD_HOSTS_QUEUE])
     print(f"\nstack applied with the sandbox in {time.monotonic() - started:.1f}s")
