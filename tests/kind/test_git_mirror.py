@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from stackgen.dispatcher.mirrors import LABEL_MIRROR, LABEL_STATE, mirror_dir
 from stackgen.common.names import GIT_MIRRORS_PATH
+from stackgen.dispatcher.mirrors import LABEL_MIRROR, LABEL_STATE, mirror_dir
 from tests.kind.conftest import GIT_MIRROR, MIRROR_QUEUE, SSH_URL, KindStack
 from tests.support.cluster import wait_for
 
@@ -41,9 +41,7 @@ def mirror_claims(stack: KindStack) -> dict[str, dict[str, Any]]:
 def refresh(stack: KindStack, job: str) -> str:
     """Run the refresh CronJob once as Job ``job``; the name of the ready volume it made."""
     before = set(mirror_claims(stack))
-    stack.cluster.kubectl(
-        "-n", stack.namespace, "create", "job", f"--from=cronjob/{CRONJOB}", job
-    )
+    stack.cluster.kubectl("-n", stack.namespace, "create", "job", f"--from=cronjob/{CRONJOB}", job)
 
     def finished() -> dict[str, Any] | None:
         status = (stack.cluster.get("job", job, stack.namespace) or {}).get("status") or {}
@@ -53,8 +51,15 @@ def refresh(stack: KindStack, job: str) -> str:
     status = wait_for(finished, timeout=300, interval=1, what=f"refresh Job {job} to finish")
     if not status.get("succeeded"):
         logs = stack.cluster.kubectl(
-            "-n", stack.namespace, "logs", "--tail=50", "--prefix", "-l",
-            f"{LABEL_MIRROR}={GIT_MIRROR['name']}", "--all-containers", check=False,
+            "-n",
+            stack.namespace,
+            "logs",
+            "--tail=50",
+            "--prefix",
+            "-l",
+            f"{LABEL_MIRROR}={GIT_MIRROR['name']}",
+            "--all-containers",
+            check=False,
         )
         pytest.fail(f"refresh Job {job} failed: {status}\n{logs.stdout}{logs.stderr}")
     (made,) = set(mirror_claims(stack)) - before
@@ -75,9 +80,7 @@ def first_mirror(kind_stack: KindStack) -> Iterator[str]:
     yield claim
 
 
-def test_the_refresh_builds_a_ready_mirror_volume(
-    kind_stack: KindStack, first_mirror: str
-) -> None:
+def test_the_refresh_builds_a_ready_mirror_volume(kind_stack: KindStack, first_mirror: str) -> None:
     stack = kind_stack
     claim = mirror_claims(stack)[first_mirror]
     assert state(claim) == "ready"

@@ -87,7 +87,10 @@ def agent_template(volumes: list[dict[str, object]]) -> dict[str, object]:
 
 def test_the_clone_mounts_the_agent_templates_credentials() -> None:
     kube = FakeKube()
-    ssh = {"name": "ssh-key", "secret": {"secretName": "buildkite-ssh-key-7h2f", "defaultMode": 256}}
+    ssh = {
+        "name": "ssh-key",
+        "secret": {"secretName": "buildkite-ssh-key-7h2f", "defaultMode": 256},
+    }
     creds = {"name": "git-credentials", "secret": {"secretName": "team-git"}}
     other = {"name": "hooks", "configMap": {"name": "hooks"}}
     kube.add("cronjobs", agent_template([other, ssh, creds]))
@@ -136,7 +139,9 @@ def test_the_clone_script_uses_the_ssh_key_and_pins_known_hosts(tmp_path: Path) 
         f"git config --global credential.helper store --file={home}/git-credentials |"
     )
     assert calls[1].startswith("git clone --mirror -- git@host:r.git /mirror/x | ssh -i ")
-    assert f"-o UserKnownHostsFile={secrets}/ssh/known_hosts -o StrictHostKeyChecking=yes" in calls[1]
+    assert (
+        f"-o UserKnownHostsFile={secrets}/ssh/known_hosts -o StrictHostKeyChecking=yes" in calls[1]
+    )
     assert (home / "id").read_text() == "KEY\n"
     assert (home / "id").stat().st_mode & 0o777 == 0o600
     assert (home / "git-credentials").stat().st_mode & 0o777 == 0o600
