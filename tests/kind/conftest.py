@@ -85,13 +85,16 @@ MIRROR_QUEUE = "kind-mirror"
 #: The sandbox's repository over SSH: the git mirror's source and the mirror queue's checkout.
 SSH_URL = f"git@{sandbox.GIT_HOST}:{sandbox.REPOSITORY}.git"
 #: A git mirror of the sandbox's repository, cloned by the project's agent image (it has git
-#: and ssh; the default alpine/git cannot be pulled offline). kind's storage class offers
-#: ReadWriteOnce only, which a single node is enough for.
+#: and ssh; the default alpine/git cannot be pulled offline). Its volumes come from a storage
+#: class of volumes made beforehand (tests/kind/test_git_mirror.py): the node image's default
+#: class provisions root-owned directories the restricted clone cannot write. ReadWriteOnce:
+#: one node.
 GIT_MIRROR = {
     "name": "sandbox",
     "repository": SSH_URL,
     "image": versions()["IMAGE_AGENT"],
     "storage": "64Mi",
+    "storageClassName": "kind-git-mirror",
     "accessMode": "ReadWriteOnce",
     "keep": 1,
     "schedule": "0 0 1 1 *",

@@ -10,6 +10,8 @@ queue's agents and prunes, once a minute, the volumes that no pod mounts beyond 
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -71,9 +73,58 @@ def state(claim: dict[str, Any]) -> str | None:
     return labels.get(LABEL_STATE)
 
 
+#: Volumes made beforehand: one per refresh of this module, and one to spare.
+VOLUMES = 4
+#: Where the node keeps them.
+NODE_DIR = "/tmp/kind-git-mirror"
+
+
+def make_volumes(stack: KindStack) -> None:
+    """The mirror's storage class: world-writable host directories on the node, as PVs.
+
+    The node image's default class (``standard``: kube-controller-manager's host-path
+    provisioner; kind's local-path provisioner cannot be built offline) offers ReadWriteOnce
+    only and leaves each volume a directory that containerd creates root-owned with mode 0755
+    when the first pod mounts it, so the clone, which runs as nobody, gets "Permission
+    denied". Volumes made beforehand, bound by the claims the refresh creates, avoid that.
+    """
+    node = f"{stack.cluster.name}-control-plane"
+    dirs = [f"{NODE_DIR}/pv-{i}" for i in range(VOLUMES)]
+    subprocess.run(["docker", "exec", node, "mkdir", "-p", *dirs], check=True, timeout=60)
+    subprocess.run(["docker", "exec", node, "chmod", "0777", *dirs], check=True, timeout=60)
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": GIT_MIRROR["storageClassName"]},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for i, path in enumerate(dirs):
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"kind-git-mirror-{i}"},
+                "spec": {
+                    "capacity": {"storage": GIT_MIRROR["storage"]},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": GIT_MIRROR["storageClassName"],
+                    "hostPath": {"path": path, "type": "Directory"},
+                },
+            }
+        )
+    stack.cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
+    )
+
+
 @pytest.fixture(scope="module")
 def first_mirror(kind_stack: KindStack) -> Iterator[str]:
     """The session's first mirror volume, built by a refresh Job."""
+    make_volumes(kind_stack)
     started = time.monotonic()
     claim = refresh(kind_stack, "git-mirror-kind-1")
     print(f"\nfirst mirror volume {claim} ready in {time.monotonic() - started:.1f}s")
