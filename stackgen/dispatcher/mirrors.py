@@ -242,9 +242,24 @@ def refresh(
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         if conditions.get("Complete") == "True":
             kube.patch_pvc_labels(claim, {LABEL_STATE: "ready"})
+            _delete_clone_job(kube, job["metadata"]["name"], log)
             return claim
         if conditions.get("Failed") == "True" or now + waited > deadline:
             kube.delete_pvc(claim)
             raise RuntimeError(f"cloning {mirror.repository} into {claim} failed")
         sleep(poll)
         waited += poll
+
+
+def _delete_clone_job(kube: Kube, name: str, log: Any) -> None:
+    """Delete a finished clone Job and its pod at once.
+
+    A pod that mounts a claim keeps it from being deleted (the ``pvc-protection``
+    finalizer counts completed pods too), so a clone pod left for the Job's TTL would keep a
+    pruned volume ``Terminating`` that long.  A failed clone's Job is kept for its logs.
+    """
+    try:
+        kube.delete_job(name)
+    except KubeError as exc:
+        if not exc.not_found and log is not None:
+            log.warning("could not delete the clone Job", job=name, error=str(exc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from stackgen.common.models import GitMirror
 from stackgen.dispatcher import mirrors
@@ -32,6 +33,19 @@ def claim(kube: FakeKube, name: str, state: str) -> None:
             }
         },
     )
+
+
+def record_created_jobs(kube: FakeKube) -> list[dict[str, Any]]:
+    """The bodies of the Jobs created from now on (a refresh deletes its clone Job)."""
+    created: list[dict[str, Any]] = []
+    real_create = kube.create_job
+
+    def create_job(body: dict[str, Any]) -> dict[str, Any]:
+        created.append(body)
+        return real_create(body)
+
+    kube.create_job = create_job  # type: ignore[method-assign]
+    return created
 
 
 def test_newest_ready_and_prune_keeps_used_and_newest() -> None:
@@ -68,10 +82,13 @@ def test_refresh_builds_a_volume_and_marks_it_ready() -> None:
         (job,) = kube.objects["jobs"].values()
         job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
 
+    created = record_created_jobs(kube)
     name = mirrors.refresh(kube, MIRROR, now=1_800_000_000, sleep=sleep)
     pvc = kube.objects["pvcs"][name]
     assert pvc["metadata"]["labels"][mirrors.LABEL_STATE] == "ready"
-    (job,) = kube.objects["jobs"].values()
+    # The finished clone Job is gone (its pod would keep a pruned claim Terminating).
+    assert not kube.objects["jobs"]
+    (job,) = created
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][-1] == "/mirror/https---github-com-example-mono-git"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -99,12 +116,13 @@ def test_the_clone_mounts_the_agent_templates_credentials() -> None:
         (job,) = kube.objects["jobs"].values()
         job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
 
+    created = record_created_jobs(kube)
     rwo = dataclasses.replace(MIRROR, access_mode="ReadWriteOnce")
     name = mirrors.refresh(
         kube, rwo, now=1_800_000_000, template="buildkite-agent-mono", sleep=sleep
     )
     assert kube.objects["pvcs"][name]["spec"]["accessModes"] == ["ReadWriteOnce"]
-    (job,) = kube.objects["jobs"].values()
+    (job,) = created
     pod = job["spec"]["template"]["spec"]
     # The template's credential volumes as they are (hashed or existing Secret names).
     assert pod["volumes"][2:] == [ssh, creds]
