@@ -144,12 +144,17 @@ def test_the_refresh_builds_a_ready_mirror_volume(kind_stack: KindStack, first_m
     assert "mirror ready" in log and first_mirror in log, log
 
 
+def gone(stack: KindStack, name: str) -> dict[str, dict[str, Any]] | None:
+    """The mirror's claims once ``name`` is no longer among them, else None."""
+    claims = mirror_claims(stack)
+    return claims if name not in claims else None
+
+
 def test_a_mirror_queue_job_checks_out_with_the_mirror_and_prune_spares_it(
     kind_stack: KindStack, first_mirror: str
 ) -> None:
     stack = kind_stack
-    second = refresh(stack, "git-mirror-kind-2")
-    # The job's agent mounts the newest ready volume (the second) and keeps it in use.
+    # The job's agent mounts the newest ready volume (the first) and keeps it in use.
     command = (
         "cat .git/objects/info/alternates && git log --oneline -1 && cat README.md && "
         f"for i in $(seq 300); do [ -e {RELEASE} ] && break; sleep 1; done; echo released"
@@ -169,20 +174,19 @@ def test_a_mirror_queue_job_checks_out_with_the_mirror_and_prune_spares_it(
         for v in pod["spec"]["volumes"]
         if "persistentVolumeClaim" in v
     ]
-    assert mounted == [second]
+    assert mounted == [first_mirror]
 
-    # A third volume: now the first is unused and not the newest, so the dispatcher's prune
-    # deletes it, while the second (in use) and the third (newest ready) stay.
+    # Two more volumes. Until the third is ready the second is the newest, and kept; the
+    # first prune after that deletes the second (unused, not the newest) and keeps the first
+    # (in use, though older) and the third (the newest ready one).
+    second = refresh(stack, "git-mirror-kind-2")
     third = refresh(stack, "git-mirror-kind-3")
     started = time.monotonic()
-
-    def first_gone() -> dict[str, dict[str, Any]] | None:
-        claims = mirror_claims(stack)
-        return claims if first_mirror not in claims else None
-
-    claims = wait_for(first_gone, timeout=PRUNE_WAIT, interval=2, what="the first to be pruned")
+    claims = wait_for(
+        lambda: gone(stack, second), timeout=PRUNE_WAIT, interval=2, what="the second to go"
+    )
     print(f"\nunused mirror volume pruned {time.monotonic() - started:.1f}s after the third")
-    assert {second, third} <= set(claims)
+    assert set(claims) == {first_mirror, third}
     assert stack.sandbox.job(uuid)["state"] == "running"
 
     stack.cluster.kubectl(
@@ -197,11 +201,11 @@ def test_a_mirror_queue_job_checks_out_with_the_mirror_and_prune_spares_it(
     assert "Served by the stackgen test git server" in log, log
     assert "released" in log
 
-    # Once the job's pod is done, the second is unused and goes too; the newest stays.
-    def second_gone() -> dict[str, dict[str, Any]] | None:
-        claims = mirror_claims(stack)
-        return claims if second not in claims else None
-
-    claims = wait_for(second_gone, timeout=PRUNE_WAIT, interval=2, what="the second to go")
+    # Once the job's pod is done, the first is unused and goes too; the newest stays.
+    started = time.monotonic()
+    claims = wait_for(
+        lambda: gone(stack, first_mirror), timeout=PRUNE_WAIT, interval=2, what="the first to go"
+    )
+    print(f"in-use mirror volume pruned {time.monotonic() - started:.1f}s after its job ended")
     assert set(claims) == {third}
     assert state(claims[third]) == "ready"
