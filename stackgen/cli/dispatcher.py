@@ -125,5 +125,7 @@ def refresh(config_path: str, name: str, kubeconfig: str | None) -> None:
     logs.configure(config.log_level, component="git-mirror")
     log = logs.get_logger(mirror=name)
     kube = ClientKube(config.namespace, kubeconfig=kubeconfig)
-    claim = mirrors.refresh(kube, mirror, now=time.time(), log=log)
+    # The clone uses the credentials of the agents that read the mirror.
+    template = next((q.template for q in config.queues if q.git_mirror == name), None)
+    claim = mirrors.refresh(kube, mirror, now=time.time(), template=template, log=log)
     log.info("mirror ready", volume=claim)

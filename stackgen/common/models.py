@@ -150,6 +150,8 @@ class GitMirror:
     repository: str
     storage: str = str(stack_default("gitMirrors.storage"))
     storage_class_name: str | None = None
+    #: Access mode of the mirror volumes (ReadWriteOnce: every agent on the volume's node).
+    access_mode: str = stack_default("gitMirrors.accessMode")
     #: Ready mirror volumes kept besides the ones in use.
     keep: int = stack_default("gitMirrors.keep")
     #: Image of the pod that clones the repository.
@@ -167,6 +169,7 @@ class GitMirror:
             "repository": data["repository"],
             "storage": str(data["storage"]) if "storage" in data else None,
             "storage_class_name": data.get("storageClassName"),
+            "access_mode": data.get("accessMode"),
             "keep": data.get("keep"),
             "image": data.get("image"),
             "schedule": data.get("schedule"),
@@ -181,6 +184,7 @@ class GitMirror:
             "repository": self.repository,
             "storage": self.storage,
             "storageClassName": self.storage_class_name,
+            "accessMode": self.access_mode,
             "keep": self.keep,
             "image": self.image,
             "mountPath": self.mount_path,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import kind
-from tests.support.cluster import ClusterError, stop
+from tests.support import kind, sandbox
+from tests.support.cluster import ClusterError, stop, versions
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +88,24 @@ PODS_QUEUE_PATCH = {
     "resources": {"requests": {"cpu": "15m", "memory": "40Mi"}, "limits": {"memory": "300Mi"}},
     "env": [{"name": "STACKGEN_PATCHED_BY", "value": "queue"}],
 }
+MIRROR_QUEUE = "kind-mirror"
+#: The sandbox's repository over SSH: the git mirror's source and the mirror queue's checkout.
+SSH_URL = f"git@{sandbox.GIT_HOST}:{sandbox.REPOSITORY}.git"
+#: A git mirror of the sandbox's repository, cloned by the project's agent image (it has git
+#: and ssh; the default alpine/git cannot be pulled offline). Its volumes come from a storage
+#: class of volumes made beforehand (tests/kind/test_git_mirror.py): the node image's default
+#: class provisions root-owned directories the restricted clone cannot write. ReadWriteOnce:
+#: one node.
+GIT_MIRROR = {
+    "name": "sandbox",
+    "repository": SSH_URL,
+    "image": versions()["IMAGE_AGENT"],
+    "storage": "64Mi",
+    "storageClassName": "kind-git-mirror",
+    "accessMode": "ReadWriteOnce",
+    "keep": 1,
+    "schedule": "0 0 1 1 *",
+}
 #: The queues of the session's stack (one stack, so the fake's pod is never restarted).
 QUEUES = [
     {
@@ -137,6 +155,15 @@ QUEUES = [
             "podSpecPatch": {"containers": [PODS_QUEUE_PATCH]},
         },
     },
+    # Its agents mount the newest ready volume of the git mirror.
+    {
+        "name": MIRROR_QUEUE,
+        "mode": "dispatch",
+        "maxAgents": 1,
+        "buffer": 0,
+        "gitMirror": GIT_MIRROR["name"],
+        "dispatch": {"pollIntervalSeconds": 1, "ttlSecondsAfterFinished": 30},
+    },
     # Polls once at start, then every 5 minutes: a job there runs soon only by a webhook.
     {
         "name": WEBHOOK_QUEUE,
@@ -161,7 +188,9 @@ def kind_stack(
     dind = {
         "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
     }
-    overlay = kind.write_overlay(root / "overlay", keys, QUEUES, extra={"dind": dind})
+    overlay = kind.write_overlay(
+        root / "overlay", keys, QUEUES, extra={"dind": dind, "gitMirrors": [GIT_MIRROR]}
+    )
     started = time.monotonic()
     kind.apply_stack(kind_cluster, overlay, host_key, extra_queues=[BAD_HOSTS_QUEUE])
     print(f"\nstack applied with the sandbox in {time.monotonic() - started:.1f}s")
