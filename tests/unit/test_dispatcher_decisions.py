@@ -21,26 +21,7 @@ from stackgen.dispatcher.cycle import Dispatcher
 from stackgen.dispatcher.refusals import refusal
 from tests.support.dispatcher_config import TOKEN, config_dict
 from tests.support.fake_buildkite import FakeBuildkite, VirtualClock
-from tests.support.fake_kube import FakeKube, cronjob_template
-
-
-@pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def buildkite(clock: VirtualClock) -> Iterator[FakeBuildkite]:
-    with FakeBuildkite(token=TOKEN, queues=("builds", "deploy"), clock=clock) as fake:
-        yield fake
-
-
-@pytest.fixture
-def kube(clock: VirtualClock) -> FakeKube:
-    fake = FakeKube(clock=clock)
-    fake.add("cronjobs", cronjob_template("buildkite-agent-builds", "builds"))
-    fake.add("cronjobs", cronjob_template("buildkite-agent-deploy", "deploy"))
-    return fake
+from tests.support.fake_kube import FakeKube
 
 
 @pytest.fixture

@@ -31,11 +31,6 @@ SHORT_RESERVATION = 30
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(1_800_000_000.0)
-
-
-@pytest.fixture
 def buildkite(clock: VirtualClock) -> Iterator[FakeBuildkite]:
     with FakeBuildkite(token=TOKEN, queues=("builds", "deploy", "slow"), clock=clock) as fake:
         yield fake

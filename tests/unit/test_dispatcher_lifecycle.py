@@ -33,25 +33,6 @@ QUOTA = "is forbidden: exceeded quota: compute, requested: pods=1, used: pods=10
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def buildkite(clock: VirtualClock) -> Iterator[FakeBuildkite]:
-    with FakeBuildkite(token=TOKEN, queues=("builds", "deploy"), clock=clock) as fake:
-        yield fake
-
-
-@pytest.fixture
-def kube(clock: VirtualClock) -> FakeKube:
-    fake = FakeKube(clock=clock)
-    for name in ("builds", "deploy"):
-        fake.add("cronjobs", cronjob_template(f"buildkite-agent-{name}", name))
-    return fake
-
-
-@pytest.fixture
 def log_stream() -> io.StringIO:
     stream = io.StringIO()
     logs.configure("debug", stream=stream, component="dispatcher")

@@ -23,17 +23,6 @@ from tests.support.fake_kube import FakeKube, cronjob_template
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(1_800_000_000.0)
-
-
-@pytest.fixture
-def buildkite(clock: VirtualClock) -> Iterator[FakeBuildkite]:
-    with FakeBuildkite(token=TOKEN, queues=("builds", "deploy"), clock=clock) as fake:
-        yield fake
-
-
-@pytest.fixture
 def kube(clock: VirtualClock) -> FakeKube:
     fake = FakeKube(clock=clock)
     fake.add("cronjobs", cronjob_template("buildkite-agent-builds", "builds"))

@@ -26,11 +26,6 @@ from tests.support.pipelines import load_steps
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock(1_800_000_000.0)
-
-
-@pytest.fixture
 def buildkite(clock: VirtualClock) -> Iterator[FakeBuildkite]:
     with FakeBuildkite(token=TOKEN, queues=("builds", "pods"), clock=clock) as fake:
         yield fake
