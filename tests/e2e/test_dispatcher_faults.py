@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import signal
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -293,16 +292,7 @@ def test_a_quota_that_forbids_the_pod_is_the_reason_buildkite_is_told(
     stack = build_stack(
         cluster, tmp_path, fake, "dispatch-quota", "queues:\n" + queue("quota", "exact", settings)
     )
-    cluster.apply(
-        textwrap.dedent(
-            f"""\
-            apiVersion: v1
-            kind: ResourceQuota
-            metadata: {{name: no-pods, namespace: {stack.namespace}}}
-            spec: {{hard: {{pods: "0"}}}}
-            """
-        )
-    )
+    cluster.forbid_pods(stack.namespace)
     start(cluster, stack, "quota", tmp_path, processes)
     (uuid,) = fake.add_jobs("quota", 1)
     wait_for(lambda: fake.finished, timeout=120, what="the job finished on Buildkite as failed")

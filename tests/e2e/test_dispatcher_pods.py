@@ -273,16 +273,7 @@ def test_a_pod_refused_by_a_quota_waits_as_long_as_a_job_would_then_fails(
         """
     )
     stack = build_stack(cluster, tmp_path, fake, "pods-quota", queues)
-    cluster.apply(
-        textwrap.dedent(
-            f"""\
-            apiVersion: v1
-            kind: ResourceQuota
-            metadata: {{name: no-pods, namespace: {stack.namespace}}}
-            spec: {{hard: {{pods: "0"}}}}
-            """
-        )
-    )
+    cluster.forbid_pods(stack.namespace)
     dispatcher = DispatcherProcess(cluster, stack, "pods-quota", tmp_path)
     processes.append(dispatcher)
     wait_for(lambda: dispatcher.metric("stackgen_cycles_total"), timeout=60, ignore=(Exception,))

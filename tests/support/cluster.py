@@ -182,6 +182,17 @@ class Cluster:
         """``kubectl apply -f -`` (extra args such as ``--dry-run=server`` go after it)."""
         return self.kubectl("apply", "-f", "-", *args, input=to_yaml(manifest), check=check)
 
+    def forbid_pods(self, namespace: str) -> None:
+        """A ResourceQuota of zero pods: every pod create in ``namespace`` is refused."""
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": {"name": "no-pods", "namespace": namespace},
+                "spec": {"hard": {"pods": "0"}},
+            }
+        )
+
     def create(
         self, manifest: Manifest, *args: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
