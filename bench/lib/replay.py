@@ -409,8 +409,13 @@ class RowRun:
     #: kube-controller-manager's /metrics when the replay started and when the row ended.
     controller_before: dict[str, float] = field(default_factory=dict)
     controller_after: dict[str, float] = field(default_factory=dict)
+    #: kube-scheduler's /metrics at the same two moments (its client binds every pod).
+    scheduler_before: dict[str, float] = field(default_factory=dict)
+    scheduler_after: dict[str, float] = field(default_factory=dict)
     #: CPU seconds (user + system) the dispatcher process used, start-up included.
     dispatcher_cpu: float = math.nan
+    #: Every request the fake Buildkite answered: (route, its clock when it answered).
+    buildkite_requests: list[tuple[str, float]] = field(default_factory=list)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -452,7 +457,8 @@ WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def controller_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """kube-controller-manager's API requests in the row and its client rate limiter's waits."""
+    """A component's API requests in the row and its client rate limiter's waits (for
+    kube-controller-manager, also the Job controller's pod creates)."""
     if not after:
         return {}
 
@@ -547,6 +553,7 @@ def run_row(
     timeout: float = 120.0,
     seed: int = 1,
     controller_metrics: Callable[[], dict[str, float]] | None = None,
+    scheduler_metrics: Callable[[], dict[str, float]] | None = None,
 ) -> RowRun:
     """Replay ``tr`` through one dispatcher mode on ``cluster``; see the module docstring."""
     from tests.support.dispatcher_process import TOKEN, WEBHOOK, DispatcherProcess, build_stack
@@ -645,6 +652,7 @@ def run_row(
                 statuses[delivery.status] += 1
 
         controller_before = controller_metrics() if controller_metrics else {}
+        scheduler_before = scheduler_metrics() if scheduler_metrics else {}
 
         def added(uuid: str, job: TraceJob) -> None:
             assert agents is not None
@@ -682,6 +690,7 @@ def run_row(
         )
         hooks.shutdown(wait=True)
         controller_after = controller_metrics() if controller_metrics else {}
+        scheduler_after = scheduler_metrics() if scheduler_metrics else {}
         dispatcher_cpu = cpu_seconds(dispatcher.proc.pid)
         metrics = parse_metrics(http_text(f"{dispatcher.url}/metrics"))
         _, listed = http("GET", f"{fake_url}/_fake/jobs")
@@ -721,6 +730,9 @@ def run_row(
         cycles=[line for line in lines if line.get("event") == "cycle"]
         + [line for line in lines if "deleting Job" in str(line.get("event", ""))],
         buildkite_calls=calls,
+        buildkite_requests=[
+            (r["route"] or "unmatched", float(r["timestamp"])) for r in requests["requests"]
+        ],
         buildkite_rtt=bk_rtt,
         kube_rtt=kube_rtt,
         idle_timeout=idle_timeout,
@@ -729,6 +741,8 @@ def run_row(
         dispatcher_log=str(dispatcher.log_path),
         controller_before=controller_before,
         controller_after=controller_after,
+        scheduler_before=scheduler_before,
+        scheduler_after=scheduler_after,
         dispatcher_cpu=dispatcher_cpu,
     )
 
@@ -755,6 +769,40 @@ def _idle_timeout(objects: list[dict[str, Any]], default: float) -> float:
 
 
 # ---------------------------------------------------------------------- figures
+
+
+def timeline(run: RowRun) -> dict[str, Any]:
+    """Each job's way from scheduled to running, for reading one row in detail.
+
+    Per job: scheduled, webhook sent (*visible*), the pod, the cycle that made it (its
+    dispatch ID), the pod first seen and Running, the agent's start; next to it every
+    cycle line of the dispatcher's log and every Buildkite request, all on the host clock.
+    ``bench/e2e`` writes it to ``rows/<row>/timeline.json``.
+    """
+    by_job: dict[str, Agent] = {a.job: a for a in run.agents.values() if a.job}
+    jobs = []
+    for uuid, job in run.jobs.items():
+        agent = by_job.get(uuid)
+        pod = run.pods.get(agent.pod) if agent else None
+        jobs.append(
+            {
+                "uuid": uuid,
+                "queue": job.queue,
+                "scheduled": run.scheduled.get(uuid),
+                "visible": run.visible.get(uuid),
+                "pod": agent.pod if agent else None,
+                "dispatch_id": (pod.labels if pod else {}).get("stackgen.io/dispatch-id"),
+                "pod_seen": pod.seen_at if pod else None,
+                "pod_running": pod.running_at if pod else None,
+                "agent_started": agent.started if agent else None,
+            }
+        )
+    return {
+        "row": run.row.key,
+        "jobs": jobs,
+        "cycles": run.cycles,
+        "buildkite_requests": run.buildkite_requests,
+    }
 
 
 def measure(run: RowRun) -> dict[str, Any]:
@@ -879,6 +927,7 @@ def measure(run: RowRun) -> dict[str, Any]:
         "kube_rtt_ms": round(run.kube_rtt * 1000, 2),
         "agent_idle_timeout": run.idle_timeout,
         "controller_manager": controller_figures(run.controller_before, run.controller_after),
+        "scheduler": controller_figures(run.scheduler_before, run.scheduler_after),
         "dispatcher_cpu_s": round(run.dispatcher_cpu, 2),
         "dispatcher_cpu_s_per_1000_jobs": round(run.dispatcher_cpu * 1000 / max(1, n), 1),
         "api_errors": metric_sum(run.metrics, "stackgen_api_errors_total"),

@@ -289,6 +289,10 @@ class FakeBuildkite(Control):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    #: The listen backlog.  socketserver's default (5) overflows when a client opens dozens
+    #: of connections at once (the dispatcher's concurrent calls in a fan-out): the dropped
+    #: SYNs are resent after a second, which no real Buildkite endpoint would add.
+    request_queue_size = 128
     fake: FakeBuildkite
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
