@@ -32,8 +32,10 @@ from stackgen.buildkite import Backoff
 from stackgen.common.models import DispatchedQueue
 from stackgen.dispatcher.planner import Demand, Plan
 
-#: Webhook-triggered cycles run at most this often per queue.
-TRIGGER_GAP = 0.5
+#: Webhook-triggered cycles run at most this often per queue: at most 5 job lists a second
+#: per exact queue (Buildkite allows 10), while deliveries arriving during a cycle wait at
+#: most this long after it (bench/e2e: the second wave of a fan-out waits for it).
+TRIGGER_GAP = 0.2
 #: Queues due within this much of a poll cycle are served in it (one Job list for all).
 ALIGN_WINDOW = 0.25
 #: A queue held by its cooldown is looked at again this soon, not at its next poll.
