@@ -205,6 +205,10 @@ def run(
         raise ToolError(f"{tool.name} took longer than {timeout:.0f} s") from exc
 
 
+#: How often a wait for a tool looks for a signal (see :meth:`Running.wait`).
+SIGNAL_CHECK = 0.1
+
+
 class Running:
     """A tool running in the background; :meth:`wait` gives what :func:`run` would.
 
@@ -281,7 +285,11 @@ class Running:
         """The completed process (never raising on a non-zero exit)."""
         self.finish()
         assert self._thread is not None
-        self._thread.join()
+        # Joined a little at a time: Ctrl-C (or SIGTERM) that the kernel hands to the thread
+        # reading the tool's output is acted on only when the main thread runs Python code
+        # again, and an unbounded join would sleep through it until the tool ends.
+        while self._thread.is_alive():
+            self._thread.join(timeout=SIGNAL_CHECK)
         if self._error is not None:
             raise self._error
         assert self._result is not None

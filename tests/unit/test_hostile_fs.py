@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -309,6 +310,28 @@ def test_signal_mid_build_removes_the_temporary_tree(
     assert b"Traceback" not in err
     assert list(temp.iterdir()) == [], "the temporary tree (with the token) must be removed"
     assert gone(int(marker.read_text())), "kustomize must be stopped"
+
+
+def test_a_signal_handed_to_the_thread_reading_a_tool_still_ends_the_wait() -> None:
+    """The kernel hands a process-directed signal to any thread that does not block it.
+    When it lands on the thread reading a tool's output, the main thread waiting for the
+    tool must still raise at once, not when the tool ends (a rare hang of the test above)."""
+    from stackgen import tools
+
+    running = tools.start(tools.Tool("sleep", ("sleep",), "test"), ["10"], timeout=60)
+    reader = next(t for t in threading.enumerate() if t.name == "stackgen-sleep")
+    assert reader.ident is not None
+    kill = threading.Timer(0.3, signal.pthread_kill, (reader.ident, signal.SIGINT))
+    started = time.monotonic()
+    kill.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            running.wait()
+        waited = time.monotonic() - started
+    finally:
+        kill.join()
+        running.cancel()
+    assert waited < 3, f"the wait went on {waited:.1f} s after the signal"
 
 
 # ------------------------------------------------------------ messages show real paths
