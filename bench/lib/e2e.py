@@ -202,6 +202,23 @@ def start_fake(
 # --------------------------------------------------------------------------- Kubernetes
 
 
+def component_metrics_url(cluster_state: Path, name: str) -> str | None:
+    """A kwok cluster's control-plane component's /metrics, from its kwok.yaml (kwokctl
+    binds kube-controller-manager and kube-scheduler to 127.0.0.1 and leaves /metrics
+    open)."""
+    import yaml
+
+    for path in cluster_state.glob("**/kwok.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for component in (doc or {}).get("components") or []:
+                if component.get("name") != name:
+                    continue
+                for arg in component.get("args") or []:
+                    if str(arg).startswith("--secure-port="):
+                        return f"https://127.0.0.1:{str(arg).split('=', 1)[1]}/metrics"
+    return None
+
+
 @dataclass
 class Seen:
     """When the harness first saw a Kubernetes object and what it looked like."""
