@@ -791,7 +791,7 @@ def timeline(run: RowRun) -> dict[str, Any]:
                 "scheduled": run.scheduled.get(uuid),
                 "visible": run.visible.get(uuid),
                 "pod": agent.pod if agent else None,
-                "dispatch_id": (pod.labels if pod else {}).get("stackgen.io/dispatch-id"),
+                "dispatch_id": (pod.labels if pod else {}).get(DISPATCH_LABEL),
                 "pod_seen": pod.seen_at if pod else None,
                 "pod_running": pod.running_at if pod else None,
                 "agent_started": agent.started if agent else None,
