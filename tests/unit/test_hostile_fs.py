@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +274,23 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt here and in the processes started meanwhile.
+
+    A shell starts a background job (``bin/test &`` in a script) with SIGINT ignored, and
+    its children inherit that: a test of what Ctrl-C does must not depend on how the suite
+    was started.
+    """
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.usefixtures("interruptible")
 def test_signal_mid_build_removes_the_temporary_tree(
     minimal: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
@@ -312,10 +328,11 @@ def test_signal_mid_build_removes_the_temporary_tree(
     assert gone(int(marker.read_text())), "kustomize must be stopped"
 
 
+@pytest.mark.usefixtures("interruptible")
 def test_a_signal_handed_to_the_thread_reading_a_tool_still_ends_the_wait() -> None:
     """The kernel hands a process-directed signal to any thread that does not block it.
     When it lands on the thread reading a tool's output, the main thread waiting for the
-    tool must still raise at once, not when the tool ends (a rare hang of the test above)."""
+    tool must still raise at once, not when the tool ends."""
     from stackgen import tools
 
     running = tools.start(tools.Tool("sleep", ("sleep",), "test"), ["10"], timeout=60)
